@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# bench.sh -- Roam vs wireguard-go on the shared three-namespace topology.
+#
+# Runs ROUNDS interleaved rounds (roam, wg, roam, wg, ...) of: iperf3 TCP
+# client->inet (tcp1) and inet->client (rev), a 64-byte TCP request/response
+# RTT (nbsvc tcpping) and ICMP ping, and prints one summary line per tunnel
+# with the medians, side by side. Needs root and the shared bench kit
+# (topo.sh, run-anchor.sh, nbsvc.go) from ../shared/bench, or BENCH_DIR.
+#
+#   cmd/bench/bench.sh                 # 3 rounds x 8 s
+#   ROUNDS=5 DUR=10 cmd/bench/bench.sh
+#   ONLY=roam cmd/bench/bench.sh       # skip wireguard-go
+#   MODE=full cmd/bench/bench.sh       # roam full tunnel instead of --route 10.201.0.0/24
+#
+# Results: /tmp/netbench/results/roam-bench.txt (and per-run logs).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+BENCH_DIR=${BENCH_DIR:-$(cd "$REPO/../shared/bench" 2>/dev/null && pwd || true)}
+[[ -x $BENCH_DIR/topo.sh ]] || { echo "bench.sh: set BENCH_DIR to the folder with topo.sh (../shared/bench)" >&2; exit 2; }
+[[ $EUID -eq 0 ]] || { echo "bench.sh: run as root" >&2; exit 2; }
+ROUNDS=${ROUNDS:-3} DUR=${DUR:-8} ONLY=${ONLY:-} MODE=${MODE:-route}
+export NB_BIN=${NB_BIN:-/tmp/netbench/bin} NB_RUN=${NB_RUN:-/tmp/netbench/run}
+TOPO="$BENCH_DIR/topo.sh" BIN=$NB_BIN RUN=$NB_RUN
+W=/tmp/netbench/roam-bench RES=/tmp/netbench/results
+mkdir -p "$BIN" "$RUN" "$W" "$RES"
+INET=10.201.0.2 SRV=192.0.2.1
+for t in iperf3 jq nft ping; do command -v $t >/dev/null || { echo "missing $t (apt-get install --no-install-recommends iperf3 jq nftables iputils-ping)" >&2; exit 1; }; done
+
+echo "[bench] building roam" >&2
+(cd "$REPO" && go build -o "$BIN/roam" ./cmd/roam)
+[[ -x $BIN/nbsvc && $BENCH_DIR/nbsvc.go -ot $BIN/nbsvc ]] || (cd "$BENCH_DIR" && GOFLAGS= go build -o "$BIN/nbsvc" nbsvc.go)
+
+xc() { ip netns exec nb-client "$@"; }
+median() { awk '/^[0-9.]+$/{print}' | sort -g | awk '{a[NR]=$1} END{ if (NR==0) print "NA"; else if (NR%2) print a[(NR+1)/2]; else printf "%.4g\n", (a[NR/2]+a[NR/2+1])/2 }'; }
+ticks() { local t=0 p; for p in "$@"; do [[ -r /proc/$p/stat ]] && t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
+CLK=$(getconf CLK_TCK)
+
+cleanup() { "$TOPO" down >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+iperf() { # args... -> Mbit/s
+  local j="$W/iperf.json"
+  xc iperf3 -c $INET -t "$DUR" -O 1 "$@" -J >"$j" 2>/dev/null || { echo NA; return; }
+  jq -r '(.end.sum_received.bits_per_second // 0) / 1e6 | floor' "$j"
+}
+
+roam_round() {
+  "$TOPO" down >/dev/null 2>&1 || true
+  "$TOPO" up >/dev/null 2>&1
+  rm -rf "$W/state"; mkdir -p "$W/state"
+  local tok; tok=$("$BIN/roam" token)
+  printf '%s\n' "$tok" >"$W/state/tokens"
+  ip netns exec nb-server "$BIN/roam" server --listen $SRV:4433 --state-dir "$W/state" --tokens "$W/state/tokens" >"$RUN/roam-server.log" 2>&1 &
+  echo $! >"$RUN/roam-server.pid"
+  for _ in $(seq 50); do [[ -s $W/state/pin ]] && grep -q "roam client" "$RUN/roam-server.log" && break; sleep 0.1; done
+  local route=(--route 10.201.0.0/24)
+  [[ $MODE == full ]] && route=()
+  ip netns exec nb-client "$BIN/roam" client --server $SRV:4433 --token "$tok" --pin "$(cat "$W/state/pin")" "${route[@]}" >"$RUN/roam-client.log" 2>&1 &
+  echo $! >"$RUN/roam-client.pid"
+  for _ in $(seq 100); do grep -q "tunnel up" "$RUN/roam-client.log" && break; sleep 0.1; done
+  grep -q "tunnel up" "$RUN/roam-client.log" || { echo "[bench] roam did not come up" >&2; cat "$RUN"/roam-*.log >&2; exit 1; }
+  local pids=($(cat "$RUN/roam-server.pid") $(cat "$RUN/roam-client.pid"))
+  local b0 t0 b1 t1
+  b0=$(ticks "${pids[@]}"); t0=$(date +%s.%N)
+  local tcp1; tcp1=$(iperf)
+  b1=$(ticks "${pids[@]}"); t1=$(date +%s.%N)
+  local cpu; cpu=$(awk -v d=$((b1 - b0)) -v c="$CLK" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", d*100/c/(b-a)}')
+  local rev; rev=$(iperf -R)
+  local rtt; rtt=$(xc "$BIN/nbsvc" tcpping -to $INET:7007 -n 100 -i 10ms 2>/dev/null | sed -n 's/.*med=\([0-9.NA]*\).*/\1/p')
+  local icmp; icmp=$(xc ping -c 50 -i 0.01 -W 1 $INET 2>&1 | grep -o 'time=[0-9.]*' | cut -d= -f2 | median)
+  echo "roam tcp1=$tcp1 rev=$rev rtt=$rtt icmp=$icmp cpu=$cpu"
+  kill -TERM "$(cat "$RUN/roam-client.pid")" "$(cat "$RUN/roam-server.pid")" 2>/dev/null || true
+  sleep 0.5
+  "$TOPO" down >/dev/null 2>&1 || true
+}
+
+wg_round() {
+  local line
+  line=$(REPS=1 DUR=$DUR TESTS="tcp1 rev" "$BENCH_DIR/run-anchor.sh" wg 2>>"$W/wg.log" | tail -1)
+  local tcp1 rev rtt icmp cpu
+  tcp1=$(sed -n 's/.*tcp1=\([0-9.NA]*\).*/\1/p' <<<"$line")
+  rev=$(sed -n 's/.* rev=\([0-9.NA]*\).*/\1/p' <<<"$line")
+  rtt=$(sed -n 's/.* rtt=\([0-9.NA]*\).*/\1/p' <<<"$line")
+  icmp=$(sed -n 's/.* icmp=\([0-9.NA]*\).*/\1/p' <<<"$line")
+  cpu=$(sed -n 's/.* cpu_tun=\([0-9.NA]*\)%.*/\1/p' <<<"$line")
+  echo "wg tcp1=$tcp1 rev=$rev rtt=$rtt icmp=$icmp cpu=$cpu"
+}
+
+declare -A V
+for r in $(seq 1 "$ROUNDS"); do
+  for who in roam wg; do
+    [[ -n $ONLY && $ONLY != "$who" ]] && continue
+    line=$(${who}_round)
+    echo "[bench] round $r: $line" >&2
+    for kv in ${line#* }; do V[$who.${kv%%=*}]+="${kv#*=} "; done
+  done
+done
+out=""
+for who in roam wg; do
+  [[ -n $ONLY && $ONLY != "$who" ]] && continue
+  l="$who:"
+  for k in tcp1 rev rtt icmp cpu; do
+    m=$(tr ' ' '\n' <<<"${V[$who.$k]:-}" | median)
+    case $k in tcp1|rev) l+=" $k=$m Mbit/s" ;; rtt|icmp) l+=" $k=$m ms" ;; cpu) l+=" cpu_tun=$m%" ;; esac
+  done
+  out+="$l"$'\n'
+done
+printf '%s' "$out" | tee -a "$RES/roam-bench.txt"
+echo "(medians of $ROUNDS interleaved rounds, ${DUR}s iperf3 runs, mode=$MODE, $(date -u +%FT%TZ))" | tee -a "$RES/roam-bench.txt"

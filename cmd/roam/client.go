@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/roamvpn/roam/auth"
+	"github.com/roamvpn/roam/datagram"
+	"github.com/roamvpn/roam/tun"
+	"github.com/roamvpn/roam/tunnel"
+)
+
+type clientFlags struct {
+	server    string
+	token     string
+	tokenFile string
+	pin       string
+	routes    prefixList
+	tunName   string
+	mark      uint
+	table     int
+	logLevel  string
+}
+
+func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, error) {
+	f := &clientFlags{}
+	fs := flag.NewFlagSet("client", flag.ContinueOnError)
+	fs.StringVar(&f.server, "server", "", "server `HOST:PORT` (required)")
+	fs.StringVar(&f.token, "token", "", "bearer `TOKEN` (or --token-file, or $ROAM_TOKEN)")
+	fs.StringVar(&f.tokenFile, "token-file", "", "read the token from `FILE` (first line)")
+	fs.StringVar(&f.pin, "pin", "", "server certificate pin `sha256:HEX` (as the server prints); default: WebPKI verification")
+	fs.Var(&f.routes, "route", "`CIDR` to send through the tunnel (repeatable); default 0.0.0.0/0 and ::/0 (full tunnel)")
+	fs.StringVar(&f.tunName, "tun", "roam0", "TUN device `NAME`")
+	fs.UintVar(&f.mark, "mark", uint(tun.DefaultMark), "socket `MARK` that keeps the tunnel's own UDP socket out of the tunnel")
+	fs.IntVar(&f.table, "table", tun.DefaultTable, "routing `TABLE` for the tunnel routes")
+	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
+	help, err := parseFlags(fs, args, stdout)
+	if help || err != nil {
+		return nil, help, err
+	}
+	if f.server == "" {
+		return nil, false, usagef("client: flag --server is required: expected HOST:PORT like vpn.example.com:4433")
+	}
+	if _, port, err := net.SplitHostPort(f.server); err != nil || port == "" {
+		return nil, false, usagef("client: invalid value %q for flag --server: expected HOST:PORT like vpn.example.com:4433", f.server)
+	}
+	if f.token == "" && f.tokenFile != "" {
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return nil, false, usagef("client: flag --token-file: %v", err)
+		}
+		f.token, _, _ = strings.Cut(strings.TrimSpace(string(b)), "\n")
+		f.token = strings.TrimSpace(f.token)
+	}
+	if f.token == "" {
+		f.token = os.Getenv("ROAM_TOKEN")
+	}
+	if f.token == "" {
+		return nil, false, usagef("client: flag --token is required (or --token-file, or $ROAM_TOKEN)")
+	}
+	if f.pin != "" {
+		if _, err := auth.ParsePin(strings.TrimSpace(f.pin)); err != nil {
+			return nil, false, usagef("client: invalid value %q for flag --pin: %v", f.pin, err)
+		}
+	}
+	if f.tunName == "" || len(f.tunName) > 15 {
+		return nil, false, usagef("client: invalid value %q for flag --tun: expected an interface name of 1-15 characters", f.tunName)
+	}
+	if f.mark == 0 || f.mark > 0xffffffff {
+		return nil, false, usagef("client: invalid value %d for flag --mark: expected 1..4294967295", f.mark)
+	}
+	if f.table <= 0 || f.table == 253 || f.table == 254 || f.table == 255 {
+		return nil, false, usagef("client: invalid value %d for flag --table: expected a free routing table number (not 253-255)", f.table)
+	}
+	return f, false, nil
+}
+
+func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f, help, err := parseClientFlags(args, stdout)
+	if help || err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, f.logLevel)
+	if err != nil {
+		return err
+	}
+	cfg := tunnel.ClientConfig{
+		Server: f.server,
+		Token:  f.token,
+		Routes: f.routes.vals,
+		Logger: log,
+	}
+	if f.pin != "" {
+		pin, _ := auth.ParsePin(strings.TrimSpace(f.pin))
+		cfg.Pin = &pin
+	}
+	// The tunnel's own socket carries the mark, so the policy rules keep
+	// it on the host's normal routes even in full-tunnel mode.
+	lc := net.ListenConfig{Control: tun.ControlMark(uint32(f.mark))}
+	pc, err := lc.ListenPacket(ctx, "udp", ":0")
+	if err != nil {
+		return fmt.Errorf("opening the UDP socket: %w", err)
+	}
+	defer pc.Close()
+	cfg.PacketConn = pc
+	cfg.NewDevice = func(dc tunnel.DeviceConfig) (datagram.Device, error) {
+		return clientDevice(f, dc)
+	}
+	c, err := tunnel.NewClient(cfg)
+	if err != nil {
+		return err
+	}
+	return c.Run(ctx)
+}
+
+// clientDevice creates and configures the kernel TUN with the assigned
+// addresses and installs the routes with policy routing. Closing the
+// returned device removes the routes, the rules and the device.
+func clientDevice(f *clientFlags, dc tunnel.DeviceConfig) (datagram.Device, error) {
+	dev, name, err := tun.Create(f.tunName, dc.MTU)
+	if err != nil {
+		return nil, fmt.Errorf("creating TUN device %s: %w (the client needs root or CAP_NET_ADMIN)", f.tunName, err)
+	}
+	if err := tun.ConfigureLink(name, dc.Addresses, dc.MTU); err != nil {
+		dev.Close()
+		return nil, err
+	}
+	rt, err := tun.InstallRouting(tun.RoutingConfig{TunName: name, Routes: dc.Routes, Table: f.table, Mark: uint32(f.mark)})
+	if err != nil {
+		dev.Close()
+		return nil, err
+	}
+	return &hostDevice{Device: dev, routing: rt}, nil
+}
+
+// hostDevice is a TUN device whose Close also removes its routing.
+type hostDevice struct {
+	tun.Device
+	routing *tun.Routing
+	once    sync.Once
+	err     error
+}
+
+func (d *hostDevice) Close() error {
+	d.once.Do(func() {
+		rerr := d.routing.Close()
+		d.err = d.Device.Close()
+		if d.err == nil {
+			d.err = rerr
+		}
+	})
+	return d.err
+}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+)
+
+// prefixList is a repeatable CIDR flag.
+type prefixList struct {
+	vals []netip.Prefix
+	set  bool
+}
+
+func (p *prefixList) String() string {
+	s := make([]string, len(p.vals))
+	for i, v := range p.vals {
+		s[i] = v.String()
+	}
+	return strings.Join(s, ",")
+}
+
+func (p *prefixList) Set(v string) error {
+	pfx, err := netip.ParsePrefix(strings.TrimSpace(v))
+	if err != nil {
+		return errors.New("expected a CIDR prefix like 10.0.0.0/8 or fd00::/8")
+	}
+	if !p.set {
+		p.vals, p.set = nil, true
+	}
+	p.vals = append(p.vals, pfx.Masked())
+	return nil
+}
+
+// prefixFlag is one CIDR of a given family.
+type prefixFlag struct {
+	val    netip.Prefix
+	want4  bool
+	family string
+}
+
+func (p *prefixFlag) String() string { return p.val.String() }
+
+func (p *prefixFlag) Set(v string) error {
+	pfx, err := netip.ParsePrefix(strings.TrimSpace(v))
+	if err != nil || pfx.Addr().Is4() != p.want4 || pfx.Addr().Is4In6() {
+		if p.want4 {
+			return errors.New("expected an IPv4 CIDR prefix like 100.96.0.0/16")
+		}
+		return errors.New("expected an IPv6 CIDR prefix like fd00:96::/64")
+	}
+	p.val = pfx.Masked()
+	return nil
+}
+
+// parseFlags parses args with fs and turns every error into a one-line
+// usage error naming the flag; -h prints the flag list.
+func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) (help bool, err error) {
+	fs.SetOutput(io.Discard)
+	err = fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(stdout)
+		fmt.Fprintf(stdout, "usage: roam %s [flags]\n\nflags:\n", fs.Name())
+		fs.PrintDefaults()
+		return true, nil
+	}
+	if err != nil {
+		// flag's messages are "invalid value "x" for flag -pool4: expected ..."
+		// and "flag provided but not defined: -x": one line each.
+		return false, usagef("%s: %v", fs.Name(), strings.ReplaceAll(err.Error(), "flag -", "flag --"))
+	}
+	if fs.NArg() > 0 {
+		return false, usagef("%s: unexpected argument %q (flags start with --)", fs.Name(), fs.Arg(0))
+	}
+	return false, nil
+}

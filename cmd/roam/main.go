@@ -1,0 +1,94 @@
+// Command roam is Roam's one binary: a VPN server and client that carry IP
+// packets over QUIC (RFC 9484 CONNECT-IP over HTTP/3).
+//
+//	roam server [flags]   run a server (prints a ready-to-paste client line)
+//	roam client [flags]   connect this host to a server
+//	roam token            print a new random token for a tokens file
+//	roam version          print the version
+//
+// The mains are thin: they parse flags, build a config and call the
+// tunnel package.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/roamvpn/roam/auth"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// usageError is a bad command line: exit status 2 with a one-line message.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+const topUsage = `usage: roam <command> [flags]
+
+commands:
+  server    run a Roam server (roam server -h for flags)
+  client    connect to a Roam server (roam client -h for flags)
+  token     print a new random token
+  version   print the version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, topUsage)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch args[0] {
+	case "server":
+		err = runServer(ctx, args[1:], stdout, stderr)
+	case "client":
+		err = runClient(ctx, args[1:], stdout, stderr)
+	case "token":
+		var tok string
+		if tok, err = auth.GenerateToken(); err == nil {
+			fmt.Fprintln(stdout, tok)
+		}
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, "roam", version)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, topUsage)
+	default:
+		err = usagef("unknown command %q (want server, client, token or version)", args[0])
+	}
+	var ue *usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "roam %s\n", ue.msg)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "roam: %v\n", err)
+		return 1
+	}
+}
+
+// newLogger returns a text logger on w at the named level.
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("invalid value %q for flag --log-level: expected debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}

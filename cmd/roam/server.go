@@ -1,0 +1,324 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/roamvpn/roam/auth"
+	"github.com/roamvpn/roam/datagram"
+	"github.com/roamvpn/roam/tun"
+	"github.com/roamvpn/roam/tun/usernat"
+	"github.com/roamvpn/roam/tunnel"
+	"github.com/roamvpn/roam/tunnel/addrpool"
+)
+
+type serverFlags struct {
+	listen   string
+	stateDir string
+	tokens   string
+	pool4    prefixFlag
+	pool6    prefixFlag
+	nat      string
+	tunName  string
+	cert     string
+	key      string
+	routes   prefixList
+	egress   string
+	public   string
+	logLevel string
+}
+
+func defaultStateDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/roam"
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "roam")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "state", "roam")
+	}
+	return "roam-state"
+}
+
+func defaultNAT() string {
+	if runtime.GOOS == "linux" && os.Geteuid() == 0 {
+		return "kernel"
+	}
+	return "userspace"
+}
+
+func parseServerFlags(args []string, stdout io.Writer) (*serverFlags, bool, error) {
+	f := &serverFlags{
+		pool4: prefixFlag{val: netip.MustParsePrefix("100.96.0.0/16"), want4: true},
+		pool6: prefixFlag{val: netip.MustParsePrefix("fd00:96::/64")},
+	}
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	fs.StringVar(&f.listen, "listen", "0.0.0.0:4433", "UDP `HOST:PORT` to serve HTTP/3 on")
+	fs.StringVar(&f.stateDir, "state-dir", defaultStateDir(), "`DIR` for the certificate, its pin and the default tokens file")
+	fs.StringVar(&f.tokens, "tokens", "", "tokens `FILE` (one per line, # comments); default STATE_DIR/tokens, created with one token if missing")
+	fs.Var(&f.pool4, "pool4", "IPv4 client address pool `CIDR` (first address is the server's)")
+	fs.Var(&f.pool6, "pool6", "IPv6 client address pool `CIDR` (first address is the server's)")
+	fs.StringVar(&f.nat, "nat", defaultNAT(), "NAT `MODE`: kernel (TUN + nftables, needs root) or userspace (no privileges)")
+	fs.StringVar(&f.tunName, "tun", "roam0", "TUN device `NAME` (kernel NAT)")
+	fs.StringVar(&f.cert, "cert", "", "TLS certificate `FILE` (PEM); default: a self-signed one in STATE_DIR")
+	fs.StringVar(&f.key, "key", "", "TLS private key `FILE` (PEM), with --cert")
+	fs.Var(&f.routes, "route", "`CIDR` clients may reach (repeatable); default 0.0.0.0/0 and ::/0")
+	fs.StringVar(&f.egress, "egress", "", "masquerade only out of this `INTERFACE` (kernel NAT); default: any but the TUN")
+	fs.StringVar(&f.public, "public", "", "`HOST` clients dial, for the printed client line; default: a local address")
+	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
+	help, err := parseFlags(fs, args, stdout)
+	if help || err != nil {
+		return nil, help, err
+	}
+	if _, _, err := net.SplitHostPort(f.listen); err != nil {
+		return nil, false, usagef("server: invalid value %q for flag --listen: expected HOST:PORT like 0.0.0.0:4433", f.listen)
+	}
+	if f.nat != "kernel" && f.nat != "userspace" {
+		return nil, false, usagef("server: invalid value %q for flag --nat: expected kernel or userspace", f.nat)
+	}
+	if (f.cert == "") != (f.key == "") {
+		return nil, false, usagef("server: flags --cert and --key go together: give both or neither")
+	}
+	if f.tunName == "" || len(f.tunName) > 15 {
+		return nil, false, usagef("server: invalid value %q for flag --tun: expected an interface name of 1-15 characters", f.tunName)
+	}
+	return f, false, nil
+}
+
+func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f, help, err := parseServerFlags(args, stdout)
+	if help || err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, f.logLevel)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(f.stateDir, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+
+	// Tokens: the default file is created with one fresh token.
+	tokensFile, printToken := f.tokens, "<a token from "+f.tokens+">"
+	if tokensFile == "" {
+		tokensFile = filepath.Join(f.stateDir, "tokens")
+		first, err := ensureTokensFile(tokensFile, log)
+		if err != nil {
+			return err
+		}
+		printToken = first
+	}
+	tokens, err := auth.LoadTokens(tokensFile)
+	if err != nil {
+		return err
+	}
+
+	// TLS certificate and pin.
+	var cert tls.Certificate
+	if f.cert != "" {
+		if cert, err = auth.LoadCert(f.cert, f.key); err != nil {
+			return err
+		}
+	} else {
+		host, _, _ := net.SplitHostPort(f.listen)
+		var ips []net.IP
+		var names []string
+		if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
+			ips = append(ips, ip)
+		}
+		if f.public != "" {
+			if ip := net.ParseIP(f.public); ip != nil {
+				ips = append(ips, ip)
+			} else {
+				names = append(names, f.public)
+			}
+		}
+		var created bool
+		if cert, created, err = auth.LoadOrCreateCert(f.stateDir, names, ips); err != nil {
+			return err
+		}
+		if created {
+			log.Info("created a self-signed certificate", "dir", f.stateDir)
+		}
+	}
+	der := cert.Certificate[0]
+	pin := auth.Pin(der)
+	if err := auth.WritePin(f.stateDir, der); err != nil {
+		return err
+	}
+
+	pool4, err := addrpool.New(f.pool4.val)
+	if err != nil {
+		return usagef("server: invalid value %q for flag --pool4: %v", f.pool4.val, err)
+	}
+	pool6, err := addrpool.New(f.pool6.val)
+	if err != nil {
+		return usagef("server: invalid value %q for flag --pool6: %v", f.pool6.val, err)
+	}
+
+	pc, err := net.ListenPacket("udp", f.listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", f.listen, err)
+	}
+	defer pc.Close()
+
+	dev, cleanup, err := serverDevice(f, pool4, pool6, log)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+
+	srv, err := tunnel.NewServer(tunnel.ServerConfig{
+		TLS:    &tls.Config{Certificates: []tls.Certificate{cert}},
+		Tokens: tokens,
+		Pool4:  pool4,
+		Pool6:  pool6,
+		Routes: f.routes.vals,
+		Device: dev,
+		Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	go func() {
+		<-srv.Ready()
+		port := pc.LocalAddr().(*net.UDPAddr).Port
+		host := f.public
+		if host == "" {
+			host = publicHost(f.listen)
+		}
+		log.Info("roam server ready", "listen", pc.LocalAddr(), "nat", f.nat, "pool4", f.pool4.val, "pool6", f.pool6.val,
+			"pin", pin, "tokens", tokensFile)
+		line := fmt.Sprintf("roam client --server %s --token %s --pin %s",
+			net.JoinHostPort(host, fmt.Sprint(port)), printToken, pin)
+		fmt.Fprintf(stdout, "Connect a client with:\n  %s\n", line)
+	}()
+	err = srv.Serve(ctx, pc)
+	log.Info("roam server stopped")
+	return err
+}
+
+// serverDevice builds the NAT side: kernel TUN + forwarding + nftables
+// masquerade, or the userspace stack. cleanup undoes the host changes.
+func serverDevice(f *serverFlags, pool4, pool6 *addrpool.Pool, log *slog.Logger) (datagram.Device, func(), error) {
+	gw4 := netip.PrefixFrom(pool4.Gateway(), pool4.Prefix().Bits())
+	gw6 := netip.PrefixFrom(pool6.Gateway(), pool6.Prefix().Bits())
+	if f.nat == "userspace" {
+		st, err := usernat.New(usernat.Config{
+			MTU:      tunnel.TunnelMTU,
+			Gateway4: pool4.Gateway(),
+			Gateway6: pool6.Gateway(),
+			Prefixes: []netip.Prefix{pool4.Prefix(), pool6.Prefix()},
+			Logger:   log.With("component", "usernat"),
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("userspace NAT: %w", err)
+		}
+		return st, func() { st.Close() }, nil
+	}
+	dev, name, err := tun.Create(f.tunName, tunnel.TunnelMTU)
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating TUN device %s: %w (run as root, or use --nat userspace)", f.tunName, err)
+	}
+	var undo []func()
+	cleanup := func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	undo = append(undo, func() { dev.Close() })
+	if err := tun.ConfigureLink(name, []netip.Prefix{gw4, gw6}, tunnel.TunnelMTU); err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	restore, err := tun.EnableForwarding()
+	if err != nil {
+		cleanup()
+		return nil, nil, fmt.Errorf("enabling IP forwarding: %w", err)
+	}
+	undo = append(undo, func() {
+		if err := restore(); err != nil {
+			log.Warn("restoring IP forwarding", "err", err)
+		}
+	})
+	nat, err := tun.NewMasquerade(tun.MasqueradeConfig{TunName: name, Pools: []netip.Prefix{pool4.Prefix(), pool6.Prefix()}, Egress: f.egress})
+	if err != nil {
+		cleanup()
+		return nil, nil, fmt.Errorf("setting up nftables masquerade: %w", err)
+	}
+	undo = append(undo, func() {
+		if err := nat.Close(); err != nil {
+			log.Warn("removing nftables table", "err", err)
+		}
+	})
+	log.Info("kernel NAT ready", "tun", name, "gateway4", gw4, "gateway6", gw6)
+	return dev, cleanup, nil
+}
+
+// ensureTokensFile creates path with one new token if it does not exist,
+// and returns the first token in it (for the printed client line).
+func ensureTokensFile(path string, log *slog.Logger) (string, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		tok, err := auth.GenerateToken()
+		if err != nil {
+			return "", err
+		}
+		content := "# Roam bearer tokens, one per line.\n" + tok + "\n"
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			return "", fmt.Errorf("creating tokens file: %w", err)
+		}
+		log.Info("created a tokens file with one new token", "file", path)
+		return tok, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("tokens file: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		if line = strings.TrimSpace(line); line != "" {
+			return line, nil
+		}
+	}
+	return "", nil // LoadTokens reports the empty file
+}
+
+// publicHost picks the host to print in the client line: the listen host
+// if it is specific, else the first global unicast address of this host.
+func publicHost(listen string) string {
+	host, _, _ := net.SplitHostPort(listen)
+	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+		return host
+	}
+	addrs, _ := net.InterfaceAddrs()
+	var v6 string
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok || !ipn.IP.IsGlobalUnicast() {
+			continue
+		}
+		if ipn.IP.To4() != nil {
+			return ipn.IP.String()
+		}
+		if v6 == "" {
+			v6 = ipn.IP.String()
+		}
+	}
+	if v6 != "" {
+		return v6
+	}
+	return "127.0.0.1"
+}

@@ -1,0 +1,24 @@
+// Package tunnel implements Roam's sessions: the RFC 9484 CONNECT-IP
+// request and response over HTTP/3, the capsules that assign addresses and
+// advertise routes, the server's session table and packet dispatch, and the
+// client's dial and data path.
+//
+// Wire format (RFC 9484 over RFC 9297 and RFC 9114):
+//
+//	client                                             server
+//	  HEADERS  :method CONNECT, :protocol connect-ip,
+//	           :path /.well-known/masque/ip/*/*/,
+//	           authorization: Bearer <token>,
+//	           capsule-protocol: ?1                ──►
+//	                                               ◄──  HEADERS :status 200, capsule-protocol: ?1
+//	                                               ◄──  DATA [ADDRESS_ASSIGN][ROUTE_ADVERTISEMENT]
+//	  DATA [ADDRESS_REQUEST] (optional)            ──►
+//	  QUIC DATAGRAM [quarter stream ID][context 0][IP packet]  ◄──►
+//
+// quic-go's http3 package copies and allocates for every HTTP datagram it
+// sends, so Roam sends its datagrams straight on the QUIC connection,
+// writing the quarter-stream-ID and context-ID prefix in place in front of
+// each packet (see package datagram). Received datagrams go through http3,
+// which sorts them into per-stream queues whenever the peer enabled HTTP
+// datagrams. The bytes on the wire are exactly RFC 9297's.
+package tunnel

@@ -1,0 +1,419 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/roamvpn/roam/auth"
+	"github.com/roamvpn/roam/datagram"
+	"github.com/roamvpn/roam/tunnel/addrpool"
+)
+
+// ServerConfig configures a Server.
+type ServerConfig struct {
+	// TLS holds the server certificate. Required. The server sets
+	// NextProtos to "h3" on its own copy.
+	TLS *tls.Config
+	// Tokens are the accepted bearer tokens. Required.
+	Tokens *auth.Tokens
+	// Pool4 and Pool6 lease the clients' tunnel addresses. Both required:
+	// every session is dual-stack.
+	Pool4, Pool6 *addrpool.Pool
+	// Routes are advertised to clients and enforced on their packets'
+	// destinations. Nil means DefaultRoutes (everything).
+	Routes []netip.Prefix
+	// Device is where client packets go (a kernel TUN whose traffic the
+	// host NATs, or the userspace NAT stack) and where replies come from.
+	// Required. The server owns it from NewServer on and closes it when
+	// Serve returns.
+	Device datagram.Device
+	// SessionQueue is the number of packets queued per session towards its
+	// client; when full, packets for that session are dropped (counted).
+	// Zero means 1024.
+	SessionQueue int
+	// Logger receives session-level events. Nil means silent.
+	Logger *slog.Logger
+}
+
+// ServerStats are the server's counters (all atomic).
+type ServerStats struct {
+	datagram.Stats
+	// SessionsTotal counts CONNECT-IP sessions ever established.
+	SessionsTotal atomic.Uint64
+	// SessionsActive is the number of live sessions.
+	SessionsActive atomic.Int64
+	// AuthFailures counts requests rejected with 401.
+	AuthFailures atomic.Uint64
+	// DropNoSession counts packets from the device for an address with no
+	// session, and datagrams for a stream with no session.
+	DropNoSession atomic.Uint64
+	// CapsuleErrors counts sessions ended by a malformed capsule.
+	CapsuleErrors atomic.Uint64
+	// DeviceReadErrors counts failed device reads (other than closure).
+	DeviceReadErrors atomic.Uint64
+	// SendErrors counts datagrams that failed to send for a reason other
+	// than size (the connection was closing).
+	SendErrors atomic.Uint64
+}
+
+// Server is a Roam CONNECT-IP server: one HTTP/3 endpoint on one UDP
+// socket. Create it with NewServer and run it with Serve.
+type Server struct {
+	cfg    ServerConfig
+	log    *slog.Logger
+	routes routeSet
+	writer *datagram.Writer
+	h3     *http3.Server
+	stats  ServerStats
+
+	mu    sync.Mutex                                // serializes table updates
+	table atomic.Pointer[map[netip.Addr]*session]   // copy-on-write; guarded by mu for writes
+	conns sync.Map                                  // *quic.Conn -> *connState
+	wg    sync.WaitGroup                            // connection goroutines
+	ready chan struct{}                             // closed when Serve listens
+	addr  atomic.Pointer[net.Addr]                  // listening address
+	ctx   atomic.Pointer[context.Context]           // Serve's context, for sessions
+}
+
+type ctxKey struct{}
+
+// NewServer validates cfg and returns a server ready to Serve.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	switch {
+	case cfg.TLS == nil:
+		return nil, errors.New("tunnel: ServerConfig.TLS is required")
+	case cfg.Tokens == nil:
+		return nil, errors.New("tunnel: ServerConfig.Tokens is required")
+	case cfg.Pool4 == nil || cfg.Pool6 == nil:
+		return nil, errors.New("tunnel: ServerConfig.Pool4 and Pool6 are required")
+	case cfg.Device == nil:
+		return nil, errors.New("tunnel: ServerConfig.Device is required")
+	}
+	if cfg.SessionQueue <= 0 {
+		cfg.SessionQueue = 1024
+	}
+	if cfg.Routes == nil {
+		cfg.Routes = DefaultRoutes
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		cfg:    cfg,
+		log:    log.With("component", "server"),
+		routes: routesFromPrefixes(cfg.Routes),
+		ready:  make(chan struct{}),
+	}
+	s.writer = datagram.NewWriter(cfg.Device, &s.stats.Stats, 4096)
+	empty := map[netip.Addr]*session{}
+	s.table.Store(&empty)
+	s.h3 = &http3.Server{
+		Handler: s,
+		// http3 sorts received datagrams by stream; Roam sends its own
+		// straight on the QUIC connection (see the package doc).
+		EnableDatagrams: true,
+		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
+			if cs, ok := s.conns.Load(c); ok {
+				return context.WithValue(ctx, ctxKey{}, cs)
+			}
+			return ctx
+		},
+		Logger: s.log,
+	}
+	return s, nil
+}
+
+// Stats returns the server's live counters.
+func (s *Server) Stats() *ServerStats { return &s.stats }
+
+// Ready is closed once Serve is listening; Addr is valid from then on.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addr returns the address Serve listens on, or nil before Ready.
+func (s *Server) Addr() net.Addr {
+	if a := s.addr.Load(); a != nil {
+		return *a
+	}
+	return nil
+}
+
+// Serve runs the server on pc until ctx is cancelled or the device fails.
+// It closes every session and the device before returning; pc stays open
+// (the caller owns it). Cancellation returns nil.
+func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
+	tlsConf := http3.ConfigureTLSConfig(s.cfg.TLS.Clone())
+	tlsConf.MinVersion = tls.VersionTLS13
+	tr := &quic.Transport{Conn: pc}
+	defer tr.Close()
+	ln, err := tr.Listen(tlsConf, quicConfig(0))
+	if err != nil {
+		return fmt.Errorf("tunnel: listen: %w", err)
+	}
+	addr := ln.Addr()
+	s.addr.Store(&addr)
+	close(s.ready)
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	s.ctx.Store(&ctx)
+	grp, gctx := errgroup.WithContext(ctx)
+	grp.Go(func() error { return s.writer.Run(gctx) })
+	grp.Go(func() error { return s.readDevice(gctx) })
+	grp.Go(func() error {
+		<-gctx.Done()
+		ln.Close()
+		s.conns.Range(func(k, _ any) bool {
+			k.(*quic.Conn).CloseWithError(0, "server shutting down")
+			return true
+		})
+		s.cfg.Device.Close()
+		return nil
+	})
+	grp.Go(func() error {
+		for {
+			conn, err := ln.Accept(gctx)
+			if err != nil {
+				if gctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("tunnel: accept: %w", err)
+			}
+			s.wg.Add(1)
+			go s.serveConn(gctx, conn)
+		}
+	})
+	err = grp.Wait()
+	s.wg.Wait()
+	s.h3.Close()
+	s.log.LogAttrs(context.Background(), slog.LevelInfo, "server counters", serverCounterAttrs(&s.stats)...)
+	if errors.Is(err, context.Canceled) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+// connState is the per-QUIC-connection state the handler needs.
+type connState struct {
+	conn *quic.Conn
+}
+
+func (s *Server) serveConn(ctx context.Context, conn *quic.Conn) {
+	defer s.wg.Done()
+	cs := &connState{conn: conn}
+	s.conns.Store(conn, cs)
+	defer s.conns.Delete(conn)
+	if err := s.h3.ServeQUICConn(conn); err != nil && s.log.Enabled(ctx, slog.LevelDebug) {
+		s.log.Debug("connection ended", "remote", conn.RemoteAddr(), "err", err)
+	}
+	conn.CloseWithError(0, "")
+}
+
+// readDevice is the device reader: it reads batches of packets from the NAT
+// side and hands each to the session that owns its destination address.
+// Buffers move to the session without copying.
+func (s *Server) readDevice(ctx context.Context) error {
+	s.log.Debug("device reader started")
+	defer s.log.Debug("device reader stopped")
+	dev := s.cfg.Device
+	n := dev.BatchSize()
+	arrs := make([]*[datagram.BufSize]byte, n)
+	bufs := make([][]byte, n)
+	sizes := make([]int, n)
+	for i := range arrs {
+		arrs[i] = datagram.GetBuf()
+		bufs[i] = arrs[i][:]
+	}
+	defer func() {
+		for _, a := range arrs {
+			datagram.PutBuf(a)
+		}
+	}()
+	var p datagram.Packet
+	consecutiveErrs := 0
+	for {
+		cnt, err := dev.Read(bufs, sizes, datagram.Headroom)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			s.stats.DeviceReadErrors.Add(1)
+			consecutiveErrs++
+			if consecutiveErrs > 1000 {
+				return fmt.Errorf("tunnel: reading the device: %w", err)
+			}
+			if cnt == 0 {
+				continue
+			}
+		} else {
+			consecutiveErrs = 0
+		}
+		table := *s.table.Load()
+		for i := 0; i < cnt; i++ {
+			pkt := bufs[i][datagram.Headroom : datagram.Headroom+sizes[i]]
+			if p.Decode(pkt) != nil {
+				s.stats.DropMalformed.Add(1)
+				continue
+			}
+			sess := table[p.Dst]
+			if sess == nil {
+				s.stats.DropNoSession.Add(1)
+				continue
+			}
+			if sess.enqueue(arrs[i], p.Len) {
+				arrs[i] = datagram.GetBuf()
+				bufs[i] = arrs[i][:]
+			}
+		}
+	}
+}
+
+// ServeHTTP routes the HTTP/3 requests of the endpoint.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case r.Method == http.MethodConnect && r.Proto == "connect-ip":
+		s.handleConnectIP(w, r)
+	case r.Method == http.MethodGet && r.URL.Path == "/healthz":
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintln(w, "ok")
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// scopeRoutes applies the request's {target} and {ipproto} (RFC 9484 §3) to
+// the server's routes. target is "*", an IP address or an IP prefix
+// (percent-encoded slash); ipproto is "*" or 0..255.
+func (s *Server) scopeRoutes(r *http.Request) (routeSet, error) {
+	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), WellKnownPath)
+	if !ok {
+		return nil, fmt.Errorf("path must be %s{target}/{ipproto}/", WellKnownPath)
+	}
+	parts := strings.Split(strings.TrimSuffix(rest, "/"), "/")
+	if len(parts) != 2 {
+		return nil, fmt.Errorf("path must be %s{target}/{ipproto}/", WellKnownPath)
+	}
+	target, err := url.PathUnescape(parts[0])
+	if err != nil {
+		return nil, fmt.Errorf("target %q: %v", parts[0], err)
+	}
+	ipproto, err := url.PathUnescape(parts[1])
+	if err != nil {
+		return nil, fmt.Errorf("ipproto %q: %v", parts[1], err)
+	}
+	var proto uint8
+	if ipproto != "*" {
+		v, err := strconv.ParseUint(ipproto, 10, 8)
+		if err != nil {
+			return nil, fmt.Errorf("ipproto %q: expected * or a number 0-255", ipproto)
+		}
+		proto = uint8(v)
+	}
+	scope := routeSet{{prefix: netip.MustParsePrefix("0.0.0.0/0"), proto: proto}, {prefix: netip.MustParsePrefix("::/0"), proto: proto}}
+	if target != "*" {
+		pfx, err := netip.ParsePrefix(target)
+		if err != nil {
+			a, aerr := netip.ParseAddr(target)
+			if aerr != nil {
+				return nil, fmt.Errorf("target %q: expected * or an IP address or prefix (host names are not supported)", target)
+			}
+			pfx = netip.PrefixFrom(a, a.BitLen())
+		}
+		scope = routeSet{{prefix: pfx.Masked(), proto: proto}}
+	}
+	rs := intersect(s.routes, scope)
+	if len(rs) == 0 {
+		return nil, fmt.Errorf("target %q ipproto %q is outside the server's routes", target, ipproto)
+	}
+	return rs, nil
+}
+
+func (s *Server) handleConnectIP(w http.ResponseWriter, r *http.Request) {
+	remote := r.RemoteAddr
+	token, ok := auth.ParseBearer(r.Header.Get("Authorization"))
+	var owner string
+	if ok {
+		owner, ok = s.cfg.Tokens.Verify(token)
+	}
+	if !ok {
+		s.stats.AuthFailures.Add(1)
+		s.log.Info("rejected tunnel request: bad or missing token", "remote", remote)
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	routes, err := s.scopeRoutes(r)
+	if err != nil {
+		s.log.Info("rejected tunnel request", "remote", remote, "err", err)
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	cs, _ := r.Context().Value(ctxKey{}).(*connState)
+	if cs == nil {
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	if !cs.conn.ConnectionState().SupportsDatagrams.Remote {
+		http.Error(w, "CONNECT-IP needs QUIC datagrams (RFC 9221)", http.StatusBadRequest)
+		return
+	}
+	a4, err := s.cfg.Pool4.Allocate(owner)
+	if err != nil {
+		s.log.Warn("IPv4 pool exhausted", "remote", remote, "err", err)
+		http.Error(w, "address pool exhausted", http.StatusServiceUnavailable)
+		return
+	}
+	a6, err := s.cfg.Pool6.Allocate(owner)
+	if err != nil {
+		s.cfg.Pool4.Release(a4, owner)
+		s.log.Warn("IPv6 pool exhausted", "remote", remote, "err", err)
+		http.Error(w, "address pool exhausted", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Capsule-Protocol", "?1")
+	w.WriteHeader(http.StatusOK)
+	w.(http.Flusher).Flush()
+	str := w.(http3.HTTPStreamer).HTTPStream()
+
+	sctx := context.Background()
+	if p := s.ctx.Load(); p != nil {
+		sctx = *p
+	}
+	sess := newSession(s, cs, str, owner, routes)
+	sess.addrs.Store(&addrSet{v4: a4, v6: a6})
+	sess.run(sctx, remote)
+}
+
+// setAddrsLocked points the table at sess for its current addresses and
+// removes old ones it no longer holds. Caller holds s.mu.
+func (s *Server) updateTableLocked(fn func(m map[netip.Addr]*session)) {
+	m := maps.Clone(*s.table.Load())
+	fn(m)
+	s.table.Store(&m)
+}
+
+// sessionFor returns the session currently holding addr.
+func (s *Server) sessionFor(addr netip.Addr) *session {
+	return (*s.table.Load())[addr]
+}
+
+// sessionTimeout bounds how long the server waits on a session's stream
+// writes (capsules), so a stuck client cannot pin a handler forever.
+const sessionTimeout = 10 * time.Second

@@ -1,0 +1,49 @@
+package tunnel
+
+import (
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/roamvpn/roam/datagram"
+)
+
+// counterAttrs returns the non-zero counters of a datagram.Stats as log
+// attributes, for the summaries logged when a client or server stops.
+func counterAttrs(st *datagram.Stats) []slog.Attr {
+	var out []slog.Attr
+	for _, c := range []struct {
+		name string
+		v    *atomic.Uint64
+	}{
+		{"tx_packets", &st.TxPackets}, {"tx_bytes", &st.TxBytes},
+		{"rx_packets", &st.RxPackets}, {"rx_bytes", &st.RxBytes},
+		{"drop_malformed", &st.DropMalformed}, {"drop_src", &st.DropSrc}, {"drop_dst", &st.DropDst},
+		{"drop_policy", &st.DropPolicy}, {"drop_too_big", &st.DropTooBig}, {"drop_queue_full", &st.DropQueueFull},
+		{"drop_context", &st.DropContext}, {"drop_stream", &st.DropStream}, {"icmp_too_big", &st.ICMPTooBig},
+		{"read_errors", &st.ReadErrors}, {"write_errors", &st.WriteErrors},
+		{"write_batches", &st.WriteBatches}, {"write_packets", &st.WritePackets},
+	} {
+		if v := c.v.Load(); v != 0 {
+			out = append(out, slog.Uint64(c.name, v))
+		}
+	}
+	return out
+}
+
+// serverCounterAttrs adds the server's own counters.
+func serverCounterAttrs(st *ServerStats) []slog.Attr {
+	out := counterAttrs(&st.Stats)
+	for _, c := range []struct {
+		name string
+		v    *atomic.Uint64
+	}{
+		{"sessions_total", &st.SessionsTotal}, {"auth_failures", &st.AuthFailures},
+		{"drop_no_session", &st.DropNoSession}, {"capsule_errors", &st.CapsuleErrors},
+		{"device_read_errors", &st.DeviceReadErrors},
+	} {
+		if v := c.v.Load(); v != 0 {
+			out = append(out, slog.Uint64(c.name, v))
+		}
+	}
+	return out
+}
