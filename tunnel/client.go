@@ -249,7 +249,7 @@ func (c *Client) tlsConfig() *tls.Config {
 		MinVersion: tls.VersionTLS13,
 	}
 	if c.cfg.Pin != nil {
-		conf.InsecureSkipVerify = true // verified by pin below
+		conf.InsecureSkipVerify = true                                  // verified by pin below
 		conf.VerifyConnection = auth.VerifyConnectionPinned(*c.cfg.Pin) // also checked on resumed sessions
 	}
 	return conf

@@ -105,8 +105,8 @@ type testClient struct {
 	net    *netstack.Net
 	client *Client
 	info   Info
-	dev  datagram.Device
-	done chan error
+	dev    datagram.Device
+	done   chan error
 }
 
 func startTestClient(t *testing.T, ts *testServer, mutate func(*ClientConfig)) (*testClient, error) {

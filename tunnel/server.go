@@ -84,13 +84,13 @@ type Server struct {
 	h3     *http3.Server
 	stats  ServerStats
 
-	mu    sync.Mutex                                // serializes table updates
-	table atomic.Pointer[map[netip.Addr]*session]   // copy-on-write; guarded by mu for writes
-	conns sync.Map                                  // *quic.Conn -> *connState
-	wg    sync.WaitGroup                            // connection goroutines
-	ready chan struct{}                             // closed when Serve listens
-	addr  atomic.Pointer[net.Addr]                  // listening address
-	ctx   atomic.Pointer[context.Context]           // Serve's context, for sessions
+	mu    sync.Mutex                              // serializes table updates
+	table atomic.Pointer[map[netip.Addr]*session] // copy-on-write; guarded by mu for writes
+	conns sync.Map                                // *quic.Conn -> *connState
+	wg    sync.WaitGroup                          // connection goroutines
+	ready chan struct{}                           // closed when Serve listens
+	addr  atomic.Pointer[net.Addr]                // listening address
+	ctx   atomic.Pointer[context.Context]         // Serve's context, for sessions
 }
 
 type ctxKey struct{}
