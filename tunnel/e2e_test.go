@@ -464,3 +464,108 @@ func onesSum(sum uint32, b []byte) uint16 {
 	}
 	return uint16(sum)
 }
+
+// readAssign reads capsules from rd until an ADDRESS_ASSIGN arrives.
+func readAssign(t *testing.T, rd *capsule.Reader) *capsule.AddressAssign {
+	t.Helper()
+	for {
+		typ, v, err := rd.Next()
+		if err != nil {
+			t.Fatalf("reading capsules: %v", err)
+		}
+		if typ == capsule.TypeAddressAssign {
+			a, err := capsule.ParseAddressAssign(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return a
+		}
+	}
+}
+
+// TestAddressRequest: a requested address is granted when free or when it
+// was this client's (the older session loses it), refused (all-zero, same
+// request ID) when it is outside the pool; RFC 9484 §4.7.2.
+func TestAddressRequest(t *testing.T) {
+	ts := startTestServer(t, nil)
+	_, _, assignA := rawSession(t, ts)
+	oldA := assignA.Addresses[0].Prefix.Addr()
+
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := ts.pin
+	c, _ := NewClient(ClientConfig{Server: ts.addr, Token: testToken, Pin: &pin, PacketConn: pc,
+		NewDevice: func(DeviceConfig) (datagram.Device, error) { return nil, errors.New("unused") }})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tr := &quic.Transport{Conn: pc, ConnectionIDLength: 4}
+	defer tr.Close()
+	raddr, _ := net.ResolveUDPAddr("udp", ts.addr)
+	conn, err := tr.Dial(ctx, raddr, c.tlsConfig(), quicConfig(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseWithError(0, "")
+	str, err := c.request(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd := capsule.NewReader(str)
+	first := readAssign(t, rd)
+	if first.Addresses[0].Prefix.Addr() == oldA {
+		t.Fatal("second session got the first session's address unasked")
+	}
+
+	free := netip.MustParseAddr("100.96.0.77")
+	req := capsule.AddressRequest{Addresses: []capsule.RequestedAddress{
+		{RequestID: 1, Prefix: netip.PrefixFrom(free, 32)},
+		{RequestID: 2, Prefix: netip.MustParsePrefix("fd00:96::abc/128")},
+	}}
+	b, err := req.Append(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	str.Write(b)
+	got := readAssign(t, rd)
+	want := map[uint64]netip.Prefix{1: netip.PrefixFrom(free, 32), 2: netip.MustParsePrefix("fd00:96::abc/128")}
+	for _, a := range got.Addresses {
+		if w, ok := want[a.RequestID]; ok && a.Prefix != w {
+			t.Fatalf("request %d: assigned %v, want %v", a.RequestID, a.Prefix, w)
+		}
+		delete(want, a.RequestID)
+	}
+	if len(want) != 0 {
+		t.Fatalf("no answer for requests %v in %+v", want, got.Addresses)
+	}
+
+	// Same token: taking over the first session's address ends that session.
+	req = capsule.AddressRequest{Addresses: []capsule.RequestedAddress{
+		{RequestID: 3, Prefix: netip.PrefixFrom(oldA, 32)},
+		{RequestID: 4, Prefix: netip.MustParsePrefix("10.9.9.9/32")},
+	}}
+	b, _ = req.Append(nil)
+	str.Write(b)
+	got = readAssign(t, rd)
+	var took, refused bool
+	for _, a := range got.Addresses {
+		switch a.RequestID {
+		case 3:
+			took = a.Prefix == netip.PrefixFrom(oldA, 32)
+		case 4:
+			refused = a.Prefix == netip.MustParsePrefix("0.0.0.0/32")
+		}
+	}
+	if !took || !refused {
+		t.Fatalf("want request 3 granted and 4 refused with 0.0.0.0/32, got %+v", got.Addresses)
+	}
+	// The first session ends (its connection may stay open).
+	waitFor(t, "the address to move", 5*time.Second, func() bool {
+		s := ts.srv.sessionFor(oldA)
+		return s != nil && s.addrs.Load().v4 == oldA && ts.srv.sessionFor(free) == nil
+	})
+	if n := ts.srv.Stats().SessionsActive.Load(); n != 1 {
+		t.Fatalf("SessionsActive = %d, want 1 after the takeover", n)
+	}
+}

@@ -77,7 +77,7 @@ roam_round() {
 
 wg_round() {
   local line
-  line=$(REPS=1 DUR=$DUR TESTS="tcp1 rev" "$BENCH_DIR/run-anchor.sh" wg 2>>"$W/wg.log" | tail -1)
+  line=$(NAME=wg REPS=1 DUR=$DUR TESTS="tcp1 rev" "$BENCH_DIR/run-anchor.sh" wg 2>>"$W/wg.log" | tail -1)
   local tcp1 rev rtt icmp cpu
   tcp1=$(sed -n 's/.*tcp1=\([0-9.NA]*\).*/\1/p' <<<"$line")
   rev=$(sed -n 's/.* rev=\([0-9.NA]*\).*/\1/p' <<<"$line")

@@ -26,6 +26,7 @@ type clientFlags struct {
 	mark      uint
 	table     int
 	logLevel  string
+	debug     string
 }
 
 func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, error) {
@@ -40,6 +41,7 @@ func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, erro
 	fs.UintVar(&f.mark, "mark", uint(tun.DefaultMark), "socket `MARK` that keeps the tunnel's own UDP socket out of the tunnel")
 	fs.IntVar(&f.table, "table", tun.DefaultTable, "routing `TABLE` for the tunnel routes")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
+	fs.StringVar(&f.debug, "debug", "", "serve pprof and counters on this loopback `HOST:PORT` (off by default)")
 	help, err := parseFlags(fs, args, stdout)
 	if help || err != nil {
 		return nil, help, err
@@ -89,6 +91,11 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	log, err := newLogger(stderr, f.logLevel)
 	if err != nil {
 		return err
+	}
+	if f.debug != "" {
+		if err := serveDebug(f.debug, log); err != nil {
+			return err
+		}
 	}
 	cfg := tunnel.ClientConfig{
 		Server: f.server,

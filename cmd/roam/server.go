@@ -38,6 +38,7 @@ type serverFlags struct {
 	egress   string
 	public   string
 	logLevel string
+	debug    string
 }
 
 func defaultStateDir() string {
@@ -79,6 +80,7 @@ func parseServerFlags(args []string, stdout io.Writer) (*serverFlags, bool, erro
 	fs.StringVar(&f.egress, "egress", "", "masquerade only out of this `INTERFACE` (kernel NAT); default: any but the TUN")
 	fs.StringVar(&f.public, "public", "", "`HOST` clients dial, for the printed client line; default: a local address")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
+	fs.StringVar(&f.debug, "debug", "", "serve pprof and counters on this loopback `HOST:PORT` (off by default)")
 	help, err := parseFlags(fs, args, stdout)
 	if help || err != nil {
 		return nil, help, err
@@ -106,6 +108,11 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	log, err := newLogger(stderr, f.logLevel)
 	if err != nil {
 		return err
+	}
+	if f.debug != "" {
+		if err := serveDebug(f.debug, log); err != nil {
+			return err
+		}
 	}
 	if err := os.MkdirAll(f.stateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
