@@ -70,11 +70,11 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) (help bool, e
 	if err != nil {
 		// flag's messages are "invalid value "x" for flag -pool4: expected ..."
 		// and "flag provided but not defined: -x": one line each.
-		msg := err.Error()
-		if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		msg := strings.ReplaceAll(err.Error(), "flag -", "flag --")
+		if name, ok := strings.CutPrefix(err.Error(), "flag provided but not defined: -"); ok {
 			msg = "unknown flag --" + strings.TrimPrefix(name, "-") + " (roam " + fs.Name() + " -h lists the flags)"
 		}
-		return false, usagef("%s: %s", fs.Name(), strings.ReplaceAll(msg, "flag -", "flag --"))
+		return false, usagef("%s: %s", fs.Name(), msg)
 	}
 	if fs.NArg() > 0 {
 		return false, usagef("%s: unexpected argument %q (flags start with --)", fs.Name(), fs.Arg(0))

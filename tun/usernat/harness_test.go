@@ -43,6 +43,10 @@ type harness struct {
 	cnet *netstack.Net
 	wg   sync.WaitGroup
 	once sync.Once
+
+	dbgMu  sync.Mutex
+	dbgIn  [][]byte
+	dbgOut [][]byte
 }
 
 func newHarness(tb testing.TB, cfg Config) *harness {
@@ -74,6 +78,11 @@ func (h *harness) clientToNAT() {
 			return
 		}
 		if n == 1 {
+			if p := buf[testHeadroom : testHeadroom+sizes[0]]; p[0]>>4 == 6 && p[6] == 58 {
+				h.dbgMu.Lock()
+				h.dbgIn = append(h.dbgIn, append([]byte(nil), p...))
+				h.dbgMu.Unlock()
+			}
 			// After the NAT is closed Write fails; keep draining the
 			// client until it is closed too.
 			h.nat.Write([][]byte{buf[:testHeadroom+sizes[0]]}, testHeadroom)
@@ -96,6 +105,11 @@ func (h *harness) natToClient() {
 		}
 		for i := range n {
 			one[0] = bufs[i][:testHeadroom+sizes[i]]
+			if p := bufs[i][testHeadroom : testHeadroom+sizes[i]]; p[0]>>4 == 6 && p[6] == 58 {
+				h.dbgMu.Lock()
+				h.dbgOut = append(h.dbgOut, append([]byte(nil), p...))
+				h.dbgMu.Unlock()
+			}
 			h.cdev.Write(one, testHeadroom)
 		}
 	}
