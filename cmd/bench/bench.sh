@@ -49,17 +49,18 @@ roam_round() {
   "$TOPO" down >/dev/null 2>&1 || true
   "$TOPO" up >/dev/null 2>&1
   rm -rf "$W/state"; mkdir -p "$W/state"
+  rm -f "$RUN/roam-server.log" "$RUN/roam-client.log"
   local tok; tok=$("$BIN/roam" token)
   printf '%s\n' "$tok" >"$W/state/tokens"
   ip netns exec nb-server "$BIN/roam" server --listen $SRV:4433 --state-dir "$W/state" --tokens "$W/state/tokens" >"$RUN/roam-server.log" 2>&1 &
   echo $! >"$RUN/roam-server.pid"
-  for _ in $(seq 50); do [[ -s $W/state/pin ]] && grep -q "roam client" "$RUN/roam-server.log" && break; sleep 0.1; done
+  for _ in $(seq 100); do [[ -s $W/state/pin ]] && grep -qs "roam client" "$RUN/roam-server.log" && break; sleep 0.1; done
   local route=(--route 10.201.0.0/24)
   [[ $MODE == full ]] && route=()
   ip netns exec nb-client "$BIN/roam" client --server $SRV:4433 --token "$tok" --pin "$(cat "$W/state/pin")" "${route[@]}" >"$RUN/roam-client.log" 2>&1 &
   echo $! >"$RUN/roam-client.pid"
-  for _ in $(seq 100); do grep -q "tunnel up" "$RUN/roam-client.log" && break; sleep 0.1; done
-  grep -q "tunnel up" "$RUN/roam-client.log" || { echo "[bench] roam did not come up" >&2; cat "$RUN"/roam-*.log >&2; exit 1; }
+  for _ in $(seq 150); do grep -qs "tunnel up" "$RUN/roam-client.log" && break; sleep 0.1; done
+  grep -qs "tunnel up" "$RUN/roam-client.log" || { echo "[bench] roam did not come up" >&2; cat "$RUN"/roam-*.log >&2; exit 1; }
   local pids=($(cat "$RUN/roam-server.pid") $(cat "$RUN/roam-client.pid"))
   local b0 t0 b1 t1
   b0=$(ticks "${pids[@]}"); t0=$(date +%s.%N)
