@@ -120,8 +120,28 @@ func (c *Client) Stats() *datagram.Stats { return &c.stats }
 // clientState is what the uplink filter checks, replaced as a whole when
 // the server changes the assignment.
 type clientState struct {
-	addrs  []netip.Addr
+	addrs  []netip.Prefix // assigned: any source inside them is ours (RFC 9484 §4.7.1)
 	routes routeSet
+}
+
+func (s *clientState) ownsSource(a netip.Addr) bool {
+	for _, p := range s.addrs {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// deviceAddress is the address the device gets for an assigned prefix: the
+// prefix itself for a /32 or /128, else its first host address (the network
+// address of an IPv4 subnet is not usable as a host).
+func deviceAddress(p netip.Prefix) netip.Prefix {
+	p = p.Masked()
+	if p.Bits() == p.Addr().BitLen() {
+		return p
+	}
+	return netip.PrefixFrom(p.Addr().Next(), p.Bits())
 }
 
 // Run dials the server, sets up the tunnel and moves packets until ctx is
@@ -151,6 +171,20 @@ func (c *Client) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// RFC 9484 §4.7.1: the endpoint expecting an assignment MUST ask for
+	// one. All-zero addresses mean "any address of this family"; a server
+	// that assigns unprompted (as Roam's does) confirms its assignment.
+	req := capsule.AddressRequest{Addresses: []capsule.RequestedAddress{
+		{RequestID: 1, Prefix: netip.PrefixFrom(netip.IPv4Unspecified(), 32)},
+		{RequestID: 2, Prefix: netip.PrefixFrom(netip.IPv6Unspecified(), 128)},
+	}}
+	b, err := req.Append(nil)
+	if err == nil {
+		_, err = str.Write(b)
+	}
+	if err != nil {
+		return fmt.Errorf("sending ADDRESS_REQUEST: %w", err)
+	}
 	rd := capsule.NewReader(str)
 	assign, routes, err := awaitConfig(setupCtx, str, rd)
 	if err != nil {
@@ -160,10 +194,10 @@ func (c *Client) Run(ctx context.Context) error {
 	var prefixes []netip.Prefix
 	for _, a := range assign.Addresses {
 		if a.Prefix.Addr().IsUnspecified() {
-			continue
+			continue // a refused request (RFC 9484 §4.7.2)
 		}
-		prefixes = append(prefixes, a.Prefix)
-		st.addrs = append(st.addrs, a.Prefix.Addr())
+		prefixes = append(prefixes, deviceAddress(a.Prefix))
+		st.addrs = append(st.addrs, a.Prefix)
 	}
 	if len(prefixes) == 0 {
 		return errors.New("server assigned no address")
@@ -193,7 +227,7 @@ func (c *Client) Run(ctx context.Context) error {
 		QuarterStreamID: uint64(str.StreamID()) / 4,
 		Allow: func(p *datagram.Packet) datagram.DropReason {
 			s := state.Load()
-			if !slices.Contains(s.addrs, p.Src) {
+			if !s.ownsSource(p.Src) {
 				return datagram.DropReasonSrc
 			}
 			if !s.routes.allows(p.Dst, p.Proto) {
@@ -355,10 +389,10 @@ func (c *Client) watchCapsules(rd *capsule.Reader, state *atomic.Pointer[clientS
 				return fmt.Errorf("server sent a malformed capsule: %w", err)
 			}
 			old := state.Load()
-			var addrs []netip.Addr
+			var addrs []netip.Prefix
 			for _, e := range a.Addresses {
 				if !e.Prefix.Addr().IsUnspecified() {
-					addrs = append(addrs, e.Prefix.Addr())
+					addrs = append(addrs, e.Prefix)
 				}
 			}
 			if !slices.Equal(addrs, old.addrs) {

@@ -248,26 +248,44 @@ func TestEndToEndUserspace(t *testing.T) {
 	}
 }
 
+// pingOnce pings dst through the client's netstack. wireguard's netstack
+// PingConn can miss a reply that arrives before its Read is waiting, so the
+// reader starts first and a miss is retried with a fresh PingConn.
 func pingOnce(t *testing.T, n *netstack.Net, dst netip.Addr) {
 	t.Helper()
-	c, err := n.DialPingAddr(netip.Addr{}, dst)
-	if err != nil {
-		t.Fatalf("ping %v: %v", dst, err)
+	var lastErr error
+	for attempt := 1; attempt <= 5; attempt++ {
+		c, err := n.DialPingAddr(netip.Addr{}, dst)
+		if err != nil {
+			t.Fatalf("ping %v: %v", dst, err)
+		}
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		got := make(chan []byte, 1)
+		go func() {
+			buf := make([]byte, 1500)
+			nr, err := c.Read(buf)
+			if err != nil {
+				lastErr = err
+				got <- nil
+				return
+			}
+			got <- buf[:nr]
+		}()
+		time.Sleep(10 * time.Millisecond)
+		if _, err := c.Write(icmpEcho(dst.Is4(), 7, uint16(attempt), []byte("roam ping"))); err != nil {
+			c.Close()
+			t.Fatalf("ping %v: %v", dst, err)
+		}
+		reply := <-got
+		c.Close()
+		if reply != nil {
+			if !bytes.Contains(reply, []byte("roam ping")) {
+				t.Fatalf("ping %v: reply without our payload: %x", dst, reply)
+			}
+			return
+		}
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	req := icmpEcho(dst.Is4(), 7, 1, []byte("roam ping"))
-	if _, err := c.Write(req); err != nil {
-		t.Fatalf("ping %v: %v", dst, err)
-	}
-	buf := make([]byte, 1500)
-	nr, err := c.Read(buf)
-	if err != nil {
-		t.Fatalf("ping %v: no reply: %v", dst, err)
-	}
-	if !bytes.Contains(buf[:nr], []byte("roam ping")) {
-		t.Fatalf("ping %v: reply without our payload: %x", dst, buf[:nr])
-	}
+	t.Fatalf("ping %v: no reply in 5 attempts: %v", dst, lastErr)
 }
 
 // icmpEcho builds an ICMP(v6) echo request message (checksum left to the

@@ -18,9 +18,12 @@ type route struct {
 type routeSet []route
 
 // allows reports whether a packet to dst with IP protocol proto may pass.
+// ICMP (ICMPv6) to a route's addresses is always allowed, whatever the
+// route's protocol (RFC 9484 §4.7.3).
 func (rs routeSet) allows(dst netip.Addr, proto uint8) bool {
+	icmp := (dst.Is4() && proto == 1) || (dst.Is6() && proto == 58)
 	for _, r := range rs {
-		if (r.proto == 0 || r.proto == proto) && r.prefix.Contains(dst) {
+		if (r.proto == 0 || r.proto == proto || icmp) && r.prefix.Contains(dst) {
 			return true
 		}
 	}

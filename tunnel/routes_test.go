@@ -51,6 +51,8 @@ func TestRouteSetAllows(t *testing.T) {
 		{"10.1.2.3", 6, false},
 		{"11.0.0.1", 17, false},
 		{"2001:db8::1", 6, true},
+		{"10.1.2.3", 1, true},  // ICMP is always allowed to a route's addresses
+		{"11.0.0.1", 1, false}, // but not outside them
 	}
 	for _, tt := range tests {
 		if got := rs.allows(netip.MustParseAddr(tt.dst), tt.proto); got != tt.want {
@@ -91,6 +93,7 @@ func TestScopeRoutes(t *testing.T) {
 		{"/.well-known/masque/ip/192.0.2.0%2F24/*/", pfx("192.0.2.0/24"), false},
 		{"/.well-known/masque/ip/2001:db8::1/17/", pfx("2001:db8::1/128"), false},
 		{"/.well-known/masque/ip/example.com/*/", nil, true},
+		{"/.well-known/masque/ip/192.0.2.1%2F24/*/", nil, true}, // host bits set: malformed (RFC 9484 §4.6)
 		{"/.well-known/masque/ip/*/300/", nil, true},
 		{"/.well-known/masque/ip/*/", nil, true},
 		{"/other/*/*/", nil, true},

@@ -330,6 +330,10 @@ func (s *Server) scopeRoutes(r *http.Request) (routeSet, error) {
 	scope := routeSet{{prefix: netip.MustParsePrefix("0.0.0.0/0"), proto: proto}, {prefix: netip.MustParsePrefix("::/0"), proto: proto}}
 	if target != "*" {
 		pfx, err := netip.ParsePrefix(target)
+		if err == nil && pfx != pfx.Masked() {
+			// RFC 9484 §4.6: host bits must be zero, else the request is malformed.
+			return nil, fmt.Errorf("target %q: the address has bits set beyond the prefix length", target)
+		}
 		if err != nil {
 			a, aerr := netip.ParseAddr(target)
 			if aerr != nil {
@@ -407,6 +411,22 @@ func (s *Server) updateTableLocked(fn func(m map[netip.Addr]*session)) {
 	m := maps.Clone(*s.table.Load())
 	fn(m)
 	s.table.Store(&m)
+}
+
+// closeFlows ends the NAT device's connections of addresses that are no
+// longer (or no longer surely) leased to the same client, so they cannot
+// reach the address's next owner. Only the userspace NAT keeps such state;
+// the kernel's conntrack entries time out on their own.
+func (s *Server) closeFlows(addrs ...netip.Addr) {
+	c, ok := s.cfg.Device.(interface{ CloseClientFlows(netip.Addr) int })
+	if !ok {
+		return
+	}
+	for _, a := range addrs {
+		if s.sessionFor(a) == nil {
+			c.CloseClientFlows(a)
+		}
+	}
 }
 
 // sessionFor returns the session currently holding addr.

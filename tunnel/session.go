@@ -167,6 +167,7 @@ func (sess *session) cleanup() {
 		}
 	})
 	s.mu.Unlock()
+	s.closeFlows(as.v4, as.v6)
 	s.stats.SessionsActive.Add(-1)
 	for {
 		select {
@@ -298,6 +299,11 @@ func (sess *session) handleAddressRequest(req *capsule.AddressRequest) error {
 	})
 	sess.addrs.Store(&next)
 	s.mu.Unlock()
+	for _, old := range []netip.Addr{cur.v4, cur.v6} {
+		if old != next.v4 && old != next.v6 {
+			s.closeFlows(old)
+		}
+	}
 	for _, o := range revoke {
 		o.end(errors.New("address taken over by a newer session of the same client"))
 	}

@@ -239,8 +239,12 @@ func FuzzWrite(f *testing.F) {
 	f.Add(buildEchoRequestPacket(true, testClient6, testGW6, 1, 2, []byte("seed")))
 	f.Add(buildL4Packet(false, testClient4, remote4, protoTCP, make([]byte, 20)))
 	f.Add(buildL4Packet(false, testClient4, testGW4, protoUDP, []byte{0, 1, 0, 9, 0, 8, 0, 0}))
+	// No host sockets at all: mutated packets may name any destination,
+	// and fuzzing must not send traffic off this host.
 	s, err := New(Config{Gateway4: testGW4, Gateway6: testGW6, Prefixes: []netip.Prefix{testPool4, testPool6},
-		Dial: func(context.Context, string, string) (net.Conn, error) { return nil, syscall.ECONNREFUSED }})
+		Dial:       func(context.Context, string, string) (net.Conn, error) { return nil, syscall.ECONNREFUSED },
+		echoListen: func(string, string) (icmpConn, error) { return nil, syscall.EPERM },
+	})
 	if err != nil {
 		f.Fatal(err)
 	}

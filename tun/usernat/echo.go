@@ -395,9 +395,8 @@ func (p *echoProxy) reply(f *echoFlow, src netip.Addr, m []byte, truncated bool)
 	}
 	seq := binary.BigEndian.Uint16(m[6:8])
 	pkt := buildEchoReply(p.v6, f.key.dst, f.key.client, f.key.id, seq, m[8:])
-	if p.deliver(pkt) {
-		p.replies.Add(1)
-	}
+	p.replies.Add(1) // before queueing, so a reader that got the packet sees the count
+	p.deliver(pkt)
 }
 
 // expirePing removes the ping-mode mapping f if it has been idle for

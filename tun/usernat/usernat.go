@@ -87,7 +87,8 @@ type Config struct {
 	// MaxFlows bounds concurrent TCP+UDP flows (including TCP flows still
 	// dialing). Beyond it a TCP SYN gets a RST and a UDP datagram that would
 	// open a flow is dropped; both are counted in Stats.FlowLimitDrops. If
-	// zero, DefaultMaxFlows (65536).
+	// zero, DefaultMaxFlows (65536). Separately, at most 1024 TCP dials run
+	// at once; SYNs beyond that are ignored (the client retransmits them).
 	MaxFlows int
 
 	// Logger receives start/stop and configuration messages, and per-flow
@@ -95,10 +96,11 @@ type Config struct {
 	Logger *slog.Logger
 
 	// Dial opens the host side of a flow: network is "tcp4", "tcp6", "udp4"
-	// or "udp6" and address a literal "ip:port"; ctx carries DialTimeout
-	// (TCP) and is cancelled by Close. If nil, a net.Dialer is used. Tests
-	// use it to inject failures; a server may use it to bind an egress
-	// address.
+	// or "udp6" and address a literal "ip:port" (a gateway already mapped
+	// to loopback); ctx carries DialTimeout and is cancelled by Close. If
+	// nil, a zero net.Dialer is used. Tests use it to inject failures; a
+	// server may use it to bind an egress address or apply a policy (an
+	// error makes a TCP client get a RST and drops the UDP datagrams).
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 
 	// echoListen and echoMode replace the ICMP socket opener and skip
@@ -124,13 +126,13 @@ type Stats struct {
 	DropSource      uint64 // source not a client address (see Config.Prefixes)
 	DropDestination uint64 // destination not reachable through the NAT (see package doc)
 	DropUnsupported uint64 // protocol or ICMP type not carried
-	StackInvalid    uint64 // packets gVisor itself rejected (IP/TCP/UDP header or checksum errors)
+	StackInvalid    uint64 // packets gVisor itself rejected (sum of its IP, TCP, UDP and NIC header/checksum error counters)
 
-	DropQueueFull     uint64 // outbound packets dropped because Read did not keep up
-	DropReadBufTooSml uint64 // outbound packets larger than the buffer passed to Read
+	DropQueueFull      uint64 // outbound packets dropped because Read did not keep up
+	DropBufferTooSmall uint64 // outbound packets larger than the buffer passed to Read
 
 	EchoSent    uint64 // echo requests re-sent from a host ICMP socket
-	EchoReplies uint64 // echo replies turned back into packets for clients
+	EchoReplies uint64 // echo replies turned into packets for clients (queued unless DropQueueFull)
 	EchoDrops   uint64 // echo requests or replies dropped (no ICMP socket, mapping limit, send error, too large)
 }
 
@@ -351,7 +353,7 @@ func ptr[T any](v T) *T { return &v }
 // Write returns. Packets that are malformed or not allowed are dropped and
 // counted in Stats, not reported as errors: Write returns len(bufs), nil
 // unless the Stack is closed (0, os.ErrClosed). Write does not block on the
-// network: at most it opens a host ICMP or UDP socket.
+// network: at most it opens a host ICMP socket (dials run on flow goroutines).
 func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 	if s.closed.Load() {
 		return 0, os.ErrClosed
@@ -507,10 +509,11 @@ func (s *Stack) Stats() Stats {
 		DropDestination: c.dest.Load(),
 		DropUnsupported: c.unsupported.Load(),
 		StackInvalid: gs.IP.MalformedPacketsReceived.Value() + gs.TCP.InvalidSegmentsReceived.Value() +
-			gs.TCP.ChecksumErrors.Value() + gs.UDP.MalformedPacketsReceived.Value() + gs.UDP.ChecksumErrors.Value(),
+			gs.TCP.ChecksumErrors.Value() + gs.UDP.MalformedPacketsReceived.Value() + gs.UDP.ChecksumErrors.Value() +
+			gs.NICs.MalformedL4RcvdPackets.Value(),
 
-		DropQueueFull:     c.queueFull.Load(),
-		DropReadBufTooSml: c.tooSmall.Load(),
+		DropQueueFull:      c.queueFull.Load(),
+		DropBufferTooSmall: c.tooSmall.Load(),
 
 		EchoSent:    c.echoSent.Load(),
 		EchoReplies: c.echoReply.Load(),

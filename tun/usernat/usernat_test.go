@@ -21,6 +21,8 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 func TestConfigValidation(t *testing.T) {
@@ -698,7 +700,7 @@ func TestReadBatchAndSmallBuffer(t *testing.T) {
 		_, err := s.Read([][]byte{make([]byte, testHeadroom+10)}, sizes, testHeadroom)
 		errc <- err
 	}()
-	waitFor(t, "DropReadBufTooSml", func() bool { return s.Stats().DropReadBufTooSml == 1 })
+	waitFor(t, "DropBufferTooSmall", func() bool { return s.Stats().DropBufferTooSmall == 1 })
 	s.Close()
 	if err := <-errc; !isClosed(err) {
 		t.Fatalf("Read: %v, want os.ErrClosed", err)
@@ -756,4 +758,84 @@ func TestGoroutinesAfterClose(t *testing.T) {
 		}
 	}()
 	checkGoroutines(t, base)
+}
+
+// TestReadNoAllocs checks that moving queued packets out through Read does
+// not allocate, for both kinds of queued packets.
+func TestReadNoAllocs(t *testing.T) {
+	s, err := New(testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	raw := buildEchoReply(false, testGW4, testClient4, 1, 1, make([]byte, 1000))
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(raw)})
+	defer pkt.DecRef()
+	bufs := make([][]byte, 4)
+	for i := range bufs {
+		bufs[i] = make([]byte, testHeadroom+1500)
+	}
+	sizes := make([]int, len(bufs))
+	allocs := testing.AllocsPerRun(1000, func() {
+		s.link.enqueue(outItem{raw: raw})
+		s.link.enqueue(outItem{pkt: pkt.IncRef()})
+		n, err := s.Read(bufs, sizes, testHeadroom)
+		if n != 2 || err != nil || sizes[0] != len(raw) || sizes[1] != len(raw) {
+			t.Fatalf("Read = %d, %v, sizes %v", n, err, sizes[:2])
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("Read allocates %v times per call", allocs)
+	}
+	if !bytes.Equal(bufs[1][testHeadroom:testHeadroom+sizes[1]], raw) {
+		t.Fatal("packet buffer copied wrongly")
+	}
+}
+
+// TestWriteDrops writes bad packets through a whole Stack: each is dropped
+// and counted in the expected counter, and nothing panics.
+func TestWriteDrops(t *testing.T) {
+	remote := netip.MustParseAddr("192.0.2.10")
+	badHdrSum := buildL4Packet(false, testClient4, remote, protoTCP, make([]byte, 20))
+	badHdrSum[10] ^= 0xff
+	badTCPSum := buildL4Packet(false, testClient4, remote, protoTCP, []byte{0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0xde, 0xad, 0, 0})
+	tests := []struct {
+		name    string
+		pkt     []byte
+		offset  int
+		counter func(Stats) uint64
+	}{
+		{"garbage", []byte{0xde, 0xad, 0xbe, 0xef}, 0, func(s Stats) uint64 { return s.DropMalformed }},
+		{"empty", nil, 0, func(s Stats) uint64 { return s.DropMalformed }},
+		{"offset beyond buffer", make([]byte, 4), 10, func(s Stats) uint64 { return s.DropMalformed }},
+		{"echo with bad ICMP checksum", func() []byte {
+			p := buildEchoRequestPacket(false, testClient4, remote, 1, 1, []byte("x"))
+			p[22] ^= 0xff
+			return p
+		}(), 0, func(s Stats) uint64 { return s.DropMalformed }},
+		{"spoofed source", buildL4Packet(false, remote, remote, protoTCP, make([]byte, 20)), 0, func(s Stats) uint64 { return s.DropSource }},
+		{"multicast destination", buildL4Packet(false, testClient4, netip.MustParseAddr("239.1.2.3"), protoUDP, make([]byte, 8)), 0, func(s Stats) uint64 { return s.DropDestination }},
+		{"sctp", buildL4Packet(false, testClient4, remote, 132, make([]byte, 12)), 0, func(s Stats) uint64 { return s.DropUnsupported }},
+		{"bad IPv4 header checksum", badHdrSum, 0, func(s Stats) uint64 { return s.StackInvalid }},
+		{"bad TCP checksum", badTCPSum, 0, func(s Stats) uint64 { return s.StackInvalid }},
+	}
+	s, err := New(testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := tt.counter(s.Stats())
+			if n, err := s.Write([][]byte{tt.pkt}, tt.offset); n != 1 || err != nil {
+				t.Fatalf("Write = %d, %v", n, err)
+			}
+			if got := tt.counter(s.Stats()); got != before+1 {
+				t.Fatalf("counter went from %d to %d, want +1 (stats %+v)", before, got, s.Stats())
+			}
+		})
+	}
+	if st := s.Stats(); st.TCPFlowsOpened+st.UDPFlowsOpened+st.DialFailures != 0 {
+		t.Errorf("a dropped packet opened a flow: %+v", st)
+	}
 }
