@@ -16,7 +16,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -433,7 +432,3 @@ func (s *Server) closeFlows(addrs ...netip.Addr) {
 func (s *Server) sessionFor(addr netip.Addr) *session {
 	return (*s.table.Load())[addr]
 }
-
-// sessionTimeout bounds how long the server waits on a session's stream
-// writes (capsules), so a stuck client cannot pin a handler forever.
-const sessionTimeout = 10 * time.Second
