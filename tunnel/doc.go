@@ -12,7 +12,7 @@
 //	           capsule-protocol: ?1                ──►
 //	                                               ◄──  HEADERS :status 200, capsule-protocol: ?1
 //	                                               ◄──  DATA [ADDRESS_ASSIGN][ROUTE_ADVERTISEMENT]
-//	  DATA [ADDRESS_REQUEST] (optional)            ──►
+//	  DATA [ADDRESS_REQUEST 0.0.0.0/32, ::/128]   ──►
 //	  QUIC DATAGRAM [quarter stream ID][context 0][IP packet]  ◄──►
 //
 // quic-go's http3 package copies and allocates for every HTTP datagram it
