@@ -88,14 +88,9 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if help || err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, f.logLevel)
+	log, err := startLogging(stderr, f.logLevel, f.debug)
 	if err != nil {
 		return err
-	}
-	if f.debug != "" {
-		if err := serveDebug(f.debug, log); err != nil {
-			return err
-		}
 	}
 	cfg := tunnel.ClientConfig{
 		Server: f.server,

@@ -86,11 +86,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// newLogger returns a text logger on w at the named level.
-func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+// startLogging returns a text logger on w at the named level and, if debug
+// is set, starts the loopback debug listener there.
+func startLogging(w io.Writer, level, debug string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, usagef("invalid value %q for flag --log-level: expected debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+	if debug != "" {
+		if err := serveDebug(debug, log); err != nil {
+			return nil, err
+		}
+	}
+	return log, nil
 }

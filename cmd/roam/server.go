@@ -105,14 +105,9 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if help || err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, f.logLevel)
+	log, err := startLogging(stderr, f.logLevel, f.debug)
 	if err != nil {
 		return err
-	}
-	if f.debug != "" {
-		if err := serveDebug(f.debug, log); err != nil {
-			return err
-		}
 	}
 	if err := os.MkdirAll(f.stateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
