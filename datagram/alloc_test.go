@@ -138,7 +138,7 @@ func TestPathZeroAllocs(t *testing.T) {
 	assertNoAllocs(t, "downlink datagram and writer batch", func() {
 		for range 8 {
 			b, _ := conn.ReceiveDatagram(ctx)
-			p.handleDatagram(b, &pkt, w)
+			p.handleDatagram(b, &pkt, w, p.link.Load())
 		}
 		w.fill(wb)
 		w.flush(ctx, wb)

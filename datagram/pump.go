@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/quic-go/quic-go/quicvarint"
 )
@@ -36,7 +37,9 @@ const maxConsecutiveReadErrors = 100
 type Pump struct {
 	// Dev is the packet device. Required. Run never closes it.
 	Dev Device
-	// Conn carries the datagrams. Required. Run never closes it.
+	// Conn carries the datagrams (the initial link's; see Link and
+	// SetLink). Required unless OnLinkError is set. Run never closes it,
+	// nor any link's.
 	Conn DatagramConn
 	// QuarterStreamID is the CONNECT-IP request stream's ID divided by 4;
 	// it prefixes every sent datagram, and received datagrams with another
@@ -91,6 +94,15 @@ type Pump struct {
 	// beyond it they are dropped (DropQueueFull). Zero means
 	// DefaultQueueLen.
 	QueueLen int
+	// OnLinkError, if set, makes the pump survive the failure of its link
+	// (the Conn and Recv of the current Link): a SendDatagram error other
+	// than "too large", or a ReceiveDatagram error, then unsets the link
+	// (the pump pauses, see SetLink) and calls OnLinkError once for that
+	// link, on the goroutine that saw the failure; it must not block. The
+	// caller then sets a new link with SetLink when it has one. With
+	// OnLinkError set, Conn may be nil: Run starts paused. Nil: a link
+	// failure ends Run, as described there.
+	OnLinkError func(l *Link, err error)
 	// OnStop, if set, is called once, on Run's goroutine, as soon as Run
 	// starts to stop (ctx done, Dev closed, or a loop failed), before it
 	// waits for its goroutines. Dev.Read can only be interrupted by
@@ -98,6 +110,92 @@ type Pump struct {
 	// if the caller wants Run to return on a Conn failure by itself. Nil:
 	// Run returns only after the caller has closed Dev.
 	OnStop func()
+
+	linkOnce    sync.Once
+	link        atomic.Pointer[Link] // nil: paused
+	linkMu      sync.Mutex
+	linkChanged chan struct{} // guarded by linkMu; closed at each link change
+}
+
+// Link is one carrier of a pump's datagrams: a connection to send on and
+// (optionally) a receiver, with the prefix they use. A pump starts with the
+// link made of its Conn, Recv, QuarterStreamID and OmitQuarterStreamID
+// fields; SetLink replaces it, for example after a reconnect. A Link must
+// not change after it is passed to the pump.
+type Link struct {
+	// Conn sends (and, without Recv, receives) the datagrams. Required.
+	Conn DatagramConn
+	// Recv, if set, receives the datagrams instead of Conn (see Pump.Recv).
+	Recv DatagramReceiver
+	// QuarterStreamID and OmitQuarterStreamID are as in Pump.
+	QuarterStreamID     uint64
+	OmitQuarterStreamID bool
+}
+
+func (l *Link) receiver() DatagramReceiver {
+	if l.Recv != nil {
+		return l.Recv
+	}
+	return l.Conn
+}
+
+// SetLink makes l the pump's link from now on: the reader sends its next
+// batch on it, and the receiver switches to it as soon as its current
+// ReceiveDatagram returns (the caller closes the old link, which makes it
+// return). A nil l pauses the pump: packets read from Dev are dropped and
+// counted in DropNoLink, nothing is received. SetLink may be called at any
+// time, also before Run (Run then starts with l instead of the fields); it
+// returns an error if l's QuarterStreamID exceeds 2^62-1 or l has no Conn.
+func (p *Pump) SetLink(l *Link) error {
+	if l != nil && (l.Conn == nil || l.QuarterStreamID > maxVarint) {
+		return fmt.Errorf("datagram: SetLink: a link needs a Conn and a QuarterStreamID below 2^62 (got %d)", l.QuarterStreamID)
+	}
+	p.initLink(true)
+	p.link.Store(l)
+	p.linkMu.Lock()
+	close(p.linkChanged)
+	p.linkChanged = make(chan struct{})
+	p.linkMu.Unlock()
+	return nil
+}
+
+// initLink sets up the link state once: from the fields, unless SetLink
+// comes first (explicit).
+func (p *Pump) initLink(explicit bool) {
+	p.linkOnce.Do(func() {
+		p.linkChanged = make(chan struct{})
+		if !explicit && p.Conn != nil {
+			p.link.Store(&Link{Conn: p.Conn, Recv: p.Recv, QuarterStreamID: p.QuarterStreamID, OmitQuarterStreamID: p.OmitQuarterStreamID})
+		}
+	})
+}
+
+// linkWait returns the current link and a channel closed at its next
+// change.
+func (p *Pump) linkWait() (*Link, <-chan struct{}) {
+	p.linkMu.Lock()
+	defer p.linkMu.Unlock()
+	return p.link.Load(), p.linkChanged
+}
+
+// linkFailed unsets l if it is still the current link and reports err for
+// it once. It returns false when the pump has no OnLinkError (the failure
+// is then the caller's to end Run with).
+func (p *Pump) linkFailed(l *Link, err error) bool {
+	if p.OnLinkError == nil {
+		return false
+	}
+	p.linkMu.Lock()
+	swapped := p.link.CompareAndSwap(l, nil)
+	if swapped {
+		close(p.linkChanged)
+		p.linkChanged = make(chan struct{})
+	}
+	p.linkMu.Unlock()
+	if swapped {
+		p.OnLinkError(l, err)
+	}
+	return true
 }
 
 // Run pumps packets until ctx is done, Dev is closed, or Dev or Conn fail,
@@ -113,15 +211,16 @@ type Pump struct {
 //
 // Run returns nil when it stopped because ctx was done or Dev was closed, and
 // otherwise the first failure: a SendDatagram or ReceiveDatagram error (other
-// than "too large"), or Dev.Read failing 100 times in a row. A blocked
+// than "too large"; only without OnLinkError), or Dev.Read failing 100 times
+// in a row. A blocked
 // SendDatagram (full send queue) delays the stop until it returns. Run must
 // not be called twice concurrently.
 func (p *Pump) Run(ctx context.Context) error {
 	switch {
 	case p.Dev == nil:
 		return errors.New("datagram: Pump.Dev is required")
-	case p.Conn == nil:
-		return errors.New("datagram: Pump.Conn is required")
+	case p.Conn == nil && p.OnLinkError == nil:
+		return errors.New("datagram: Pump.Conn is required (or OnLinkError, to start without a link)")
 	case p.Stats == nil:
 		return errors.New("datagram: Pump.Stats is required")
 	case p.QuarterStreamID > maxVarint:
@@ -131,6 +230,7 @@ func (p *Pump) Run(ctx context.Context) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	p.initLink(false)
 	w := NewWriter(p.Dev, p.Stats, p.QueueLen)
 	w.SetLogger(log)
 	rd := newReader(p, w, log)
@@ -170,39 +270,54 @@ func (p *Pump) Run(ctx context.Context) error {
 	return failure
 }
 
-// receive is the receiver loop: it drains Conn.ReceiveDatagram and queues
-// the packets for the device.
+// receive is the receiver loop: it drains the current link's
+// ReceiveDatagram and queues the packets for the device.
 func (p *Pump) receive(ctx context.Context, w *Writer, log *slog.Logger) error {
 	log.Debug("datagram receiver started")
 	defer log.Debug("datagram receiver stopped")
 	var pkt Packet
-	var src DatagramReceiver = p.Conn
-	if p.Recv != nil {
-		src = p.Recv
-	}
 	for {
-		b, err := src.ReceiveDatagram(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
+		l, changed := p.linkWait()
+		if l == nil {
+			select {
+			case <-changed:
+				continue
+			case <-ctx.Done():
 				return nil
 			}
-			return fmt.Errorf("datagram: receiving from the peer: %w", err)
 		}
-		p.handleDatagram(b, &pkt, w)
+		src := l.receiver()
+		for {
+			b, err := src.ReceiveDatagram(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				if p.link.Load() != l {
+					break // replaced: the old link's closing is not a failure
+				}
+				err = fmt.Errorf("datagram: receiving from the peer: %w", err)
+				if !p.linkFailed(l, err) {
+					return err
+				}
+				break
+			}
+			p.handleDatagram(b, &pkt, w, l)
+		}
 	}
 }
 
 // handleDatagram checks one received datagram b (owned by the pump) and
 // queues its packet for the device, or drops and counts it. pkt is scratch.
-func (p *Pump) handleDatagram(b []byte, pkt *Packet, w *Writer) {
+func (p *Pump) handleDatagram(b []byte, pkt *Packet, w *Writer, l *Link) {
 	st := p.Stats
 	var (
 		qsid, ctxID uint64
 		n           int
 		err         error
 	)
-	if p.OmitQuarterStreamID || p.Recv != nil {
-		qsid = p.QuarterStreamID
+	if l.OmitQuarterStreamID || l.Recv != nil {
+		qsid = l.QuarterStreamID
 		ctxID, n, err = quicvarint.Parse(b)
 	} else {
 		qsid, ctxID, n, err = ParsePrefix(b)
@@ -211,7 +326,7 @@ func (p *Pump) handleDatagram(b []byte, pkt *Packet, w *Writer) {
 	case err != nil:
 		st.DropMalformed.Add(1)
 		return
-	case qsid != p.QuarterStreamID:
+	case qsid != l.QuarterStreamID:
 		st.DropStream.Add(1)
 		return
 	case ctxID != 0:
@@ -254,6 +369,7 @@ type reader struct {
 }
 
 func newReader(p *Pump, w *Writer, log *slog.Logger) *reader {
+	p.initLink(false)
 	n := max(p.Dev.BatchSize(), 1)
 	r := &reader{
 		p:     p,
@@ -313,10 +429,11 @@ func (r *reader) run(ctx context.Context) error {
 	}
 }
 
-// batch sends the first n packets of the read batch. It returns an error
-// only for a fatal SendDatagram failure.
+// batch sends the first n packets of the read batch on the current link.
+// It returns an error only for a fatal SendDatagram failure.
 func (r *reader) batch(n int) error {
 	p := r.p
+	l := p.link.Load()
 	var tx, txBytes uint64
 	var err error
 	for i := 0; i < n; i++ {
@@ -337,26 +454,37 @@ func (r *reader) batch(n int) error {
 				continue
 			}
 		}
+		if l == nil {
+			r.drops.noLink++
+			continue
+		}
 		start := Headroom - 1 // context ID 0 is the single byte 0x00
-		if p.OmitQuarterStreamID {
+		if l.OmitQuarterStreamID {
 			buf[start] = 0
 		} else {
 			var perr error
-			if start, perr = PutPrefix(buf[:], Headroom, p.QuarterStreamID, 0); perr != nil {
-				r.drops.malformed++ // unreachable: Run checked QuarterStreamID
+			if start, perr = PutPrefix(buf[:], Headroom, l.QuarterStreamID, 0); perr != nil {
+				r.drops.malformed++ // unreachable: the link's QuarterStreamID was checked
 				continue
 			}
 		}
-		sendErr := p.Conn.SendDatagram(buf[start : Headroom+r.pkt.Len])
+		sendErr := l.Conn.SendDatagram(buf[start : Headroom+r.pkt.Len])
 		if sendErr == nil {
 			tx++
 			txBytes += uint64(r.pkt.Len)
 			continue
 		}
-		if !r.tooBig(sendErr, pkt[:r.pkt.Len]) {
-			err = fmt.Errorf("datagram: sending to the peer: %w", sendErr)
+		if r.tooBig(l, sendErr, pkt[:r.pkt.Len]) {
+			continue
+		}
+		sendErr = fmt.Errorf("datagram: sending to the peer: %w", sendErr)
+		if !p.linkFailed(l, sendErr) {
+			err = sendErr
 			break
 		}
+		// The link is gone: the rest of the batch has nowhere to go.
+		r.drops.noLink += uint64(n - i)
+		break
 	}
 	add(&p.Stats.TxPackets, tx)
 	add(&p.Stats.TxBytes, txBytes)
@@ -366,7 +494,7 @@ func (r *reader) batch(n int) error {
 
 // tooBig handles a send error: if TooLarge says it is "datagram too large",
 // it counts the drop, queues an ICMP reply for the device and returns true.
-func (r *reader) tooBig(err error, pkt []byte) bool {
+func (r *reader) tooBig(l *Link, err error, pkt []byte) bool {
 	if r.p.TooLarge == nil {
 		return false
 	}
@@ -375,7 +503,7 @@ func (r *reader) tooBig(err error, pkt []byte) bool {
 		return false
 	}
 	r.drops.tooBig++
-	mtu := maxPayload - PrefixLen(r.p.QuarterStreamID, 0)
+	mtu := maxPayload - PrefixLen(l.QuarterStreamID, 0)
 	if icmp, ok := AppendTooBig(r.icmp[:0], pkt, mtu); ok && r.w.Enqueue(icmp) {
 		r.drops.icmp++
 	}

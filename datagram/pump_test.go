@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/netip"
 	"testing"
+	"time"
 )
 
 const testQSID = 1000 // a 2-byte varint; with context ID 0 the prefix is 3 bytes
@@ -397,5 +398,78 @@ func TestPumpOmitQuarterStreamID(t *testing.T) {
 	_, msg := verifyICMP(t, a.dev.recv(t))
 	if got, want := binary.BigEndian.Uint32(msg[4:]), uint32(1300-PrefixLen(testQSID, 0)); got != want {
 		t.Fatalf("MTU %d, want %d", got, want)
+	}
+}
+
+// TestPumpLinks: a failing link pauses the pump and is reported once; a
+// new link resumes both directions; a nil link drops and counts.
+func TestPumpLinks(t *testing.T) {
+	checkGoroutines(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ca, cb := newConnPair()
+	failed := make(chan *Link, 4)
+	var pump *Pump
+	a := startSide(t, ctx, ca, func(p *Pump) {
+		p.OnLinkError = func(l *Link, err error) { failed <- l }
+		pump = p
+	})
+	pkt := buildV6(v6opts{proto: 17, payload: udpPayload(40)})
+
+	// Paused: dropped and counted, nothing sent.
+	if err := pump.SetLink(nil); err != nil {
+		t.Fatal(err)
+	}
+	a.dev.in <- pkt
+	waitFor(t, "DropNoLink", func() bool { return a.stats.DropNoLink.Load() == 1 })
+
+	// A second link with another quarter stream ID carries both ways.
+	cc, cd := newConnPair()
+	l2 := &Link{Conn: cc, QuarterStreamID: 7}
+	if err := pump.SetLink(l2); err != nil {
+		t.Fatal(err)
+	}
+	ca.Close() // the caller closes the replaced link; that is not a failure
+	a.dev.in <- pkt
+	d, err := cd.ReceiveDatagram(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(d, append(AppendPrefix(nil, 7, 0), pkt...)) {
+		t.Fatalf("datagram %x", d[:4])
+	}
+	if err := cd.SendDatagram(append(AppendPrefix(nil, 7, 0), pkt...)); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.dev.recv(t); !bytes.Equal(got, pkt) {
+		t.Fatal("packet differs")
+	}
+	_ = cb
+	select {
+	case l := <-failed:
+		t.Fatalf("closing the replaced link was reported as a failure of %p", l)
+	default:
+	}
+
+	// A receive failure on the current link unsets it and reports it once;
+	// Run goes on.
+	cc.Close()
+	select {
+	case l := <-failed:
+		if l != l2 {
+			t.Fatalf("reported %p, want %p", l, l2)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("link failure not reported")
+	}
+	a.dev.in <- pkt
+	waitFor(t, "DropNoLink after failure", func() bool { return a.stats.DropNoLink.Load() == 2 })
+	select {
+	case err := <-a.done:
+		t.Fatalf("Run ended: %v", err)
+	default:
+	}
+	if err := pump.SetLink(&Link{Conn: cc, QuarterStreamID: 1 << 62}); err == nil {
+		t.Fatal("SetLink accepted a QuarterStreamID of 2^62")
 	}
 }

@@ -42,6 +42,9 @@ type Stats struct {
 	// DropStream counts datagrams whose quarter stream ID is not the
 	// pump's request stream.
 	DropStream atomic.Uint64
+	// DropNoLink counts packets read from the device while the pump had no
+	// link (paused, or reconnecting), or left in a batch whose link failed.
+	DropNoLink atomic.Uint64
 	// ICMPTooBig counts ICMP fragmentation-needed / packet-too-big
 	// messages written back towards the device.
 	ICMPTooBig atomic.Uint64
@@ -91,7 +94,7 @@ func (r DropReason) String() string {
 // dropCounts accumulates one batch's verdicts so that shared atomics are
 // touched once per batch, not once per packet.
 type dropCounts struct {
-	malformed, src, dst, policy, tooBig, icmp uint64
+	malformed, src, dst, policy, tooBig, icmp, noLink uint64
 }
 
 func (d *dropCounts) reason(r DropReason) {
@@ -112,6 +115,7 @@ func (d *dropCounts) flush(s *Stats) {
 	add(&s.DropPolicy, d.policy)
 	add(&s.DropTooBig, d.tooBig)
 	add(&s.ICMPTooBig, d.icmp)
+	add(&s.DropNoLink, d.noLink)
 	*d = dropCounts{}
 }
 
