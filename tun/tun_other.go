@@ -60,3 +60,22 @@ func ControlMark(mark uint32) func(network, address string, c syscall.RawConn) e
 		return fmt.Errorf("tun: set socket mark on %s socket: %w", network, ErrUnsupported)
 	}
 }
+
+// Monitor watches the host's network; it needs Linux.
+type Monitor struct{}
+
+// NewMonitor needs Linux; here it returns an error wrapping ErrUnsupported.
+func NewMonitor(mark uint32) (*Monitor, error) {
+	return nil, fmt.Errorf("tun: network monitor: %w", ErrUnsupported)
+}
+
+// Changes returns nil.
+func (m *Monitor) Changes() <-chan struct{} { return nil }
+
+// PathTo returns an error wrapping ErrUnsupported.
+func (m *Monitor) PathTo(dst netip.Addr) (netip.Addr, int, error) {
+	return netip.Addr{}, 0, fmt.Errorf("tun: route to %v: %w", dst, ErrUnsupported)
+}
+
+// Close does nothing.
+func (m *Monitor) Close() error { return nil }
