@@ -6,13 +6,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
-	"net/url"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,7 +19,6 @@ import (
 
 	"github.com/roamvpn/roam/auth"
 	"github.com/roamvpn/roam/datagram"
-	"github.com/roamvpn/roam/tunnel/capsule"
 )
 
 // DeviceConfig is what a client's tunnel device is created with, once the
@@ -41,7 +36,8 @@ type DeviceConfig struct {
 
 // ClientConfig configures a tunnel client.
 type ClientConfig struct {
-	// Server is the server's host:port. Required.
+	// Server is the server's host:port. Required. It is resolved again
+	// for every reconnect.
 	Server string
 	// Token is the bearer token. Required.
 	Token string
@@ -58,20 +54,42 @@ type ClientConfig struct {
 	// their intersection with the server's advertisement. Nil means
 	// DefaultRoutes (full tunnel).
 	Routes []netip.Prefix
-	// PacketConn is the UDP socket to dial from. Required. The client
-	// never closes it (the caller owns it: in full-tunnel mode it carries
-	// the socket mark that keeps it out of the tunnel).
-	PacketConn net.PacketConn
-	// NewDevice creates the tunnel device. Required. The client closes
-	// the device (which must undo any host configuration) when Run ends.
+	// ListenPacket opens a UDP socket for the tunnel. Required. The client
+	// calls it for its first connection, for every path it migrates to and
+	// for every reconnect, and closes each socket once the connection that
+	// used it has ended (at the latest when Run returns). In full-tunnel
+	// mode the sockets must be kept out of the tunnel (a socket mark).
+	ListenPacket func() (net.PacketConn, error)
+	// Monitor, if set, tells the client when the host's network changes
+	// and which way the server is reached; the client then migrates its
+	// connection to the new path (or pauses while there is none). Nil:
+	// the client only notices a dead path by its own liveness check.
+	Monitor NetworkMonitor
+	// NewDevice creates the tunnel device. Required. It is called once:
+	// the device, its addresses and routes stay across migrations and
+	// reconnects. The client closes the device (which must undo any host
+	// configuration) when Run ends.
 	NewDevice func(DeviceConfig) (datagram.Device, error)
-	// SetupTimeout bounds the dial and the tunnel setup; zero means
-	// DefaultSetupTimeout.
+	// SetupTimeout bounds the first dial and tunnel setup; zero means
+	// DefaultSetupTimeout. Reconnects retry without a bound until Run's
+	// context ends or the server refuses for good.
 	SetupTimeout time.Duration
 	// OnReady, if set, is called once the device is up.
 	OnReady func(Info)
 	// Logger receives connection-level events. Nil means silent.
 	Logger *slog.Logger
+}
+
+// NetworkMonitor reports changes of the host's network (tun.Monitor on
+// Linux).
+type NetworkMonitor interface {
+	// Changes delivers a value after links, addresses or routes changed;
+	// signals may coalesce.
+	Changes() <-chan struct{}
+	// PathTo returns the local address and interface the host uses now
+	// to reach dst from the tunnel's sockets, or an error if there is no
+	// route.
+	PathTo(dst netip.Addr) (local netip.Addr, ifindex int, err error)
 }
 
 // Info describes an established tunnel.
@@ -84,9 +102,14 @@ type Info struct {
 
 // Client is a running tunnel client; see Run.
 type Client struct {
-	cfg   ClientConfig
-	log   *slog.Logger
-	stats datagram.Stats
+	cfg      ClientConfig
+	log      *slog.Logger
+	stats    datagram.Stats
+	sessions tls.ClientSessionCache // resumption tickets, for 0-RTT reconnects
+
+	pathDrops  atomic.Uint64 // sends lost to a path that was down (see isPathDown)
+	migrations atomic.Uint64
+	reconnects atomic.Uint64
 }
 
 // NewClient validates cfg.
@@ -96,8 +119,8 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		return nil, errors.New("tunnel: ClientConfig.Server is required")
 	case cfg.Token == "":
 		return nil, errors.New("tunnel: ClientConfig.Token is required")
-	case cfg.PacketConn == nil:
-		return nil, errors.New("tunnel: ClientConfig.PacketConn is required")
+	case cfg.ListenPacket == nil:
+		return nil, errors.New("tunnel: ClientConfig.ListenPacket is required")
 	case cfg.NewDevice == nil:
 		return nil, errors.New("tunnel: ClientConfig.NewDevice is required")
 	}
@@ -111,7 +134,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{cfg: cfg, log: log.With("component", "client")}, nil
+	return &Client{cfg: cfg, log: log.With("component", "client"), sessions: tls.NewLRUClientSessionCache(4)}, nil
 }
 
 // Stats returns the client's live packet counters.
@@ -145,69 +168,41 @@ func deviceAddress(p netip.Prefix) netip.Prefix {
 }
 
 // Run dials the server, sets up the tunnel and moves packets until ctx is
-// cancelled (returns nil) or the connection or device fails. It closes the
-// device and the QUIC connection before returning.
+// cancelled (returns nil), the device fails, or the server refuses the
+// client for good. A failure of the first connection is returned at once.
+// After that, the client rides out network changes: it migrates the
+// connection to new paths and, when the connection is lost, reconnects
+// with backoff (0-RTT when it can), asking for the same addresses, while
+// the device, its addresses and routes stay as they are. Run closes the
+// device and every connection and socket before returning.
 func (c *Client) Run(ctx context.Context) error {
-	raddr, err := net.ResolveUDPAddr("udp", c.cfg.Server)
-	if err != nil {
-		return fmt.Errorf("resolving server %q: %w", c.cfg.Server, err)
-	}
-	setupCtx, cancelSetup := context.WithTimeout(ctx, c.cfg.SetupTimeout)
-	defer cancelSetup()
-
-	tr := &quic.Transport{Conn: c.cfg.PacketConn, ConnectionIDLength: 4}
-	defer tr.Close()
 	start := time.Now()
-	conn, err := tr.Dial(setupCtx, raddr, c.tlsConfig(), quicConfig(DefaultKeepAlive))
-	if err != nil {
-		return classifyDialError(c.cfg.Server, err)
-	}
-	defer conn.CloseWithError(0, "client exiting")
-	if !conn.ConnectionState().SupportsDatagrams.Remote {
-		return ErrNoDatagrams
-	}
-
-	str, err := c.request(setupCtx, conn)
+	setupCtx, cancelSetup := context.WithTimeout(ctx, c.cfg.SetupTimeout)
+	l, err := c.connect(setupCtx, nil)
+	cancelSetup()
 	if err != nil {
 		return err
 	}
-	// RFC 9484 §4.7.1: the endpoint expecting an assignment MUST ask for
-	// one. All-zero addresses mean "any address of this family"; a server
-	// that assigns unprompted (as Roam's does) confirms its assignment.
-	req := capsule.AddressRequest{Addresses: []capsule.RequestedAddress{
-		{RequestID: 1, Prefix: netip.PrefixFrom(netip.IPv4Unspecified(), 32)},
-		{RequestID: 2, Prefix: netip.PrefixFrom(netip.IPv6Unspecified(), 128)},
-	}}
-	b, err := req.Append(nil)
-	if err == nil {
-		_, err = str.Write(b)
+	st := &clientState{
+		addrs:  assigned(l.assign),
+		routes: intersect(routesFromRanges(l.routes.Ranges), routesFromPrefixes(c.cfg.Routes)),
 	}
-	if err != nil {
-		return fmt.Errorf("sending ADDRESS_REQUEST: %w", err)
-	}
-	rd := capsule.NewReader(str)
-	assign, routes, err := awaitConfig(setupCtx, str, rd)
-	if err != nil {
-		return err
-	}
-	st := &clientState{routes: intersect(routesFromRanges(routes.Ranges), routesFromPrefixes(c.cfg.Routes))}
 	var prefixes []netip.Prefix
-	for _, a := range assign.Addresses {
-		if a.Prefix.Addr().IsUnspecified() {
-			continue // a refused request (RFC 9484 §4.7.2)
-		}
-		prefixes = append(prefixes, deviceAddress(a.Prefix))
-		st.addrs = append(st.addrs, a.Prefix)
+	for _, a := range st.addrs {
+		prefixes = append(prefixes, deviceAddress(a))
 	}
 	if len(prefixes) == 0 {
+		l.close("no address")
 		return errors.New("server assigned no address")
 	}
 	if len(st.routes) == 0 {
+		l.close("no routes")
 		return fmt.Errorf("none of the requested routes %v is in the server's advertisement", c.cfg.Routes)
 	}
 	info := Info{Server: c.cfg.Server, Addresses: prefixes, Routes: st.routes.prefixes(), MTU: TunnelMTU}
 	dev, err := c.cfg.NewDevice(DeviceConfig{Addresses: info.Addresses, Routes: info.Routes, MTU: info.MTU})
 	if err != nil {
+		l.close("device failed")
 		return fmt.Errorf("creating the tunnel device: %w", err)
 	}
 	dev = &closeOnceDevice{Device: dev}
@@ -218,15 +213,12 @@ func (c *Client) Run(ctx context.Context) error {
 		c.cfg.OnReady(info)
 	}
 
-	var state atomic.Pointer[clientState]
-	state.Store(st)
-	pump := &datagram.Pump{
-		Dev:             dev,
-		Conn:            conn, // sends: the prefix is written in place, no copy
-		Recv:            str,  // receives: http3 has sorted the datagrams by stream
-		QuarterStreamID: uint64(str.StreamID()) / 4,
+	s := &supervisor{c: c, linkErr: make(chan *datagram.Link, 1), pumpDone: make(chan error, 1)}
+	s.state.Store(st)
+	s.pump = &datagram.Pump{
+		Dev: dev,
 		Allow: func(p *datagram.Packet) datagram.DropReason {
-			s := state.Load()
+			s := s.state.Load()
 			if !s.ownsSource(p.Src) {
 				return datagram.DropReasonSrc
 			}
@@ -238,36 +230,38 @@ func (c *Client) Run(ctx context.Context) error {
 		TooLarge: tooLarge,
 		Stats:    &c.stats,
 		Logger:   c.log,
+		OnLinkError: func(dl *datagram.Link, err error) {
+			select {
+			case s.linkErr <- dl:
+			default:
+			}
+		},
 	}
+	s.pump.SetLink(l.dl)
 
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	context.AfterFunc(runCtx, func() { dev.Close() })
-	pumpDone := make(chan error, 1)
-	go func() { pumpDone <- pump.Run(runCtx) }()
-	capsDone := make(chan error, 1)
-	go func() { capsDone <- c.watchCapsules(rd, &state) }()
+	go func() { s.pumpDone <- s.pump.Run(runCtx) }()
 
-	select {
-	case <-ctx.Done():
-		err = nil
-	case err = <-pumpDone:
-		pumpDone <- err
-	case err = <-capsDone:
-		if errors.Is(err, io.EOF) {
-			err = errors.New("server closed the tunnel")
-		}
-	case <-conn.Context().Done():
-		err = context.Cause(conn.Context())
-	}
-	if ctx.Err() == nil && err != nil {
-		err = fmt.Errorf("tunnel lost: %w", err)
-	}
+	err = s.run(runCtx, l)
 	cancel(err)
-	str.CancelRead(errCodeRequestCancelled)
-	str.Close()
-	<-pumpDone
-	c.log.LogAttrs(context.Background(), slog.LevelInfo, "client counters", counterAttrs(&c.stats)...)
+	if perr := <-s.pumpDone; err == nil && ctx.Err() == nil {
+		err = perr
+	}
+	attrs := counterAttrs(&c.stats)
+	for _, a := range []struct {
+		name string
+		v    *atomic.Uint64
+	}{{"migrations", &c.migrations}, {"reconnects", &c.reconnects}, {"path_send_drops", &c.pathDrops}} {
+		if v := a.v.Load(); v != 0 {
+			attrs = append(attrs, slog.Uint64(a.name, v))
+		}
+	}
+	c.log.LogAttrs(context.Background(), slog.LevelInfo, "client counters", attrs...)
+	if ctx.Err() != nil {
+		return nil
+	}
 	return err
 }
 
@@ -281,133 +275,15 @@ func (c *Client) tlsConfig() *tls.Config {
 		RootCAs:    c.cfg.RootCAs,
 		NextProtos: []string{http3.NextProtoH3},
 		MinVersion: tls.VersionTLS13,
+		// Tickets from earlier connections let a reconnect resume with
+		// 0-RTT. VerifyConnection (the pin) runs on resumption too.
+		ClientSessionCache: c.sessions,
 	}
 	if c.cfg.Pin != nil {
 		conf.InsecureSkipVerify = true                                  // verified by pin below
 		conf.VerifyConnection = auth.VerifyConnectionPinned(*c.cfg.Pin) // also checked on resumed sessions
 	}
 	return conf
-}
-
-// request opens the CONNECT-IP request stream and checks the response.
-func (c *Client) request(ctx context.Context, conn *quic.Conn) (*http3.RequestStream, error) {
-	cc := (&http3.Transport{EnableDatagrams: true}).NewClientConn(conn)
-	select {
-	case <-cc.ReceivedSettings():
-	case <-ctx.Done():
-		return nil, fmt.Errorf("waiting for the server's HTTP/3 SETTINGS: %w", context.Cause(ctx))
-	}
-	if s := cc.Settings(); !s.EnableDatagrams {
-		return nil, ErrNoDatagrams
-	} else if !s.EnableExtendedConnect {
-		return nil, errors.New("server does not support Extended CONNECT (RFC 9220)")
-	}
-	str, err := cc.OpenRequestStream(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("opening the request stream: %w", err)
-	}
-	authority := c.cfg.Server
-	req := &http.Request{
-		Method: http.MethodConnect,
-		Proto:  "connect-ip",
-		Host:   authority,
-		URL:    &url.URL{Scheme: "https", Host: authority, Path: WellKnownPath + "*/*/"},
-		Header: http.Header{
-			"Authorization":    {"Bearer " + c.cfg.Token},
-			"Capsule-Protocol": {"?1"},
-		},
-	}
-	if err := str.SendRequestHeader(req); err != nil {
-		return nil, fmt.Errorf("sending the CONNECT-IP request: %w", err)
-	}
-	stop := context.AfterFunc(ctx, func() { str.CancelRead(errCodeRequestCancelled) })
-	resp, err := str.ReadResponse()
-	stop()
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("waiting for the CONNECT-IP response: %w", context.Cause(ctx))
-		}
-		return nil, fmt.Errorf("reading the CONNECT-IP response: %w", err)
-	}
-	switch {
-	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		return nil, ErrAuthFailed
-	case resp.StatusCode < 200 || resp.StatusCode > 299:
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
-		return nil, &StatusError{StatusCode: resp.StatusCode, Status: resp.Status, Reason: strings.TrimSpace(string(body))}
-	}
-	return str, nil
-}
-
-// awaitConfig reads capsules until both an ADDRESS_ASSIGN and a
-// ROUTE_ADVERTISEMENT have arrived (in either order).
-func awaitConfig(ctx context.Context, str *http3.RequestStream, rd *capsule.Reader) (*capsule.AddressAssign, *capsule.RouteAdvertisement, error) {
-	stop := context.AfterFunc(ctx, func() { str.CancelRead(errCodeRequestCancelled) })
-	defer stop()
-	var assign *capsule.AddressAssign
-	var routes *capsule.RouteAdvertisement
-	for assign == nil || routes == nil {
-		t, v, err := rd.Next()
-		if err != nil {
-			if ctx.Err() != nil {
-				what := "ADDRESS_ASSIGN"
-				if assign != nil {
-					what = "ROUTE_ADVERTISEMENT"
-				}
-				return nil, nil, fmt.Errorf("waiting for the server's %s: %w", what, context.Cause(ctx))
-			}
-			return nil, nil, fmt.Errorf("reading the server's capsules: %w", err)
-		}
-		switch t {
-		case capsule.TypeAddressAssign:
-			if assign, err = capsule.ParseAddressAssign(v); err != nil {
-				return nil, nil, fmt.Errorf("server sent a malformed capsule: %w", err)
-			}
-		case capsule.TypeRouteAdvertisement:
-			if routes, err = capsule.ParseRouteAdvertisement(v); err != nil {
-				return nil, nil, fmt.Errorf("server sent a malformed capsule: %w", err)
-			}
-		}
-	}
-	return assign, routes, nil
-}
-
-// watchCapsules keeps reading the server's capsules after setup. A new
-// ROUTE_ADVERTISEMENT narrows or widens what the uplink lets through (the
-// device's routes stay as installed); a new ADDRESS_ASSIGN that changes the
-// addresses is logged (the device keeps its addresses).
-func (c *Client) watchCapsules(rd *capsule.Reader, state *atomic.Pointer[clientState]) error {
-	for {
-		t, v, err := rd.Next()
-		if err != nil {
-			return err
-		}
-		switch t {
-		case capsule.TypeAddressAssign:
-			a, err := capsule.ParseAddressAssign(v)
-			if err != nil {
-				return fmt.Errorf("server sent a malformed capsule: %w", err)
-			}
-			old := state.Load()
-			var addrs []netip.Prefix
-			for _, e := range a.Addresses {
-				if !e.Prefix.Addr().IsUnspecified() {
-					addrs = append(addrs, e.Prefix)
-				}
-			}
-			if !slices.Equal(addrs, old.addrs) {
-				c.log.Warn("server changed the tunnel addresses; keeping the device's", "new", addrs, "device", old.addrs)
-			}
-		case capsule.TypeRouteAdvertisement:
-			r, err := capsule.ParseRouteAdvertisement(v)
-			if err != nil {
-				return fmt.Errorf("server sent a malformed capsule: %w", err)
-			}
-			old := state.Load()
-			state.Store(&clientState{addrs: old.addrs, routes: intersect(routesFromRanges(r.Ranges), routesFromPrefixes(c.cfg.Routes))})
-			c.log.Info("server updated its routes", "routes", state.Load().routes.prefixes())
-		}
-	}
 }
 
 // closeOnceDevice makes Close idempotent for devices whose own Close is
@@ -436,11 +312,11 @@ func tooLarge(err error) (int, bool) {
 func classifyDialError(server string, err error) error {
 	var pm *auth.PinMismatchError
 	if errors.As(err, &pm) {
-		return fmt.Errorf("connecting to %s: %w", server, pm)
+		return permanent(fmt.Errorf("connecting to %s: %w", server, pm))
 	}
 	var te *quic.TransportError
 	if errors.As(err, &te) && strings.Contains(te.ErrorMessage, "pin mismatch") {
-		return fmt.Errorf("connecting to %s: %s", server, te.ErrorMessage)
+		return permanent(fmt.Errorf("connecting to %s: %s", server, te.ErrorMessage))
 	}
 	var ie *quic.IdleTimeoutError
 	var he *quic.HandshakeTimeoutError

@@ -47,6 +47,9 @@ const (
 	// DefaultSetupTimeout bounds the dial, the CONNECT-IP request and the
 	// wait for the server's ADDRESS_ASSIGN and ROUTE_ADVERTISEMENT.
 	DefaultSetupTimeout = 15 * time.Second
+	// DefaultLeaseGrace is how long a server keeps a lost session's
+	// addresses for the same client.
+	DefaultLeaseGrace = 2 * time.Minute
 )
 
 func quicConfig(keepAlive time.Duration) *quic.Config {

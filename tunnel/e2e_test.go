@@ -111,19 +111,14 @@ type testClient struct {
 
 func startTestClient(t *testing.T, ts *testServer, mutate func(*ClientConfig)) (*testClient, error) {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
 	tc := &testClient{done: make(chan error, 1)}
 	ready := make(chan Info, 1)
 	pin := ts.pin
 	cfg := ClientConfig{
-		Server:     ts.addr,
-		Token:      testToken,
-		Pin:        &pin,
-		PacketConn: pc,
+		Server:       ts.addr,
+		Token:        testToken,
+		Pin:          &pin,
+		ListenPacket: func() (net.PacketConn, error) { return net.ListenPacket("udp", "127.0.0.1:0") },
 		NewDevice: func(dc DeviceConfig) (datagram.Device, error) {
 			var addrs []netip.Addr
 			for _, p := range dc.Addresses {
@@ -347,29 +342,28 @@ func rawSession(t *testing.T, ts *testServer) (*quic.Conn, uint64, *capsule.Addr
 // end of the test).
 func rawSessionOn(t *testing.T, pc net.PacketConn, server string, pin [32]byte) (*quic.Conn, uint64, *capsule.AddressAssign) {
 	t.Helper()
-	c, err := NewClient(ClientConfig{Server: server, Token: testToken, Pin: &pin, PacketConn: pc,
-		NewDevice: func(DeviceConfig) (datagram.Device, error) { return nil, errors.New("unused") }})
+	l := linkOn(t, pc, server, pin)
+	return l.conn, l.dl.QuarterStreamID, l.assign
+}
+
+// linkOn sets up a CONNECT-IP session over pc the way the client does,
+// without a device; everything is closed at the end of the test.
+func linkOn(t *testing.T, pc net.PacketConn, server string, pin [32]byte) *link {
+	t.Helper()
+	c, err := NewClient(ClientConfig{Server: server, Token: testToken, Pin: &pin,
+		ListenPacket: func() (net.PacketConn, error) { return pc, nil },
+		NewDevice:    func(DeviceConfig) (datagram.Device, error) { return nil, errors.New("unused") }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	tr := &quic.Transport{Conn: pc, ConnectionIDLength: 4}
-	raddr, _ := net.ResolveUDPAddr("udp", server)
-	conn, err := tr.Dial(ctx, raddr, c.tlsConfig(), quicConfig(0))
+	l, err := c.connect(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.CloseWithError(0, ""); tr.Close(); pc.Close() })
-	str, err := c.request(ctx, conn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	assign, _, err := awaitConfig(ctx, str, capsule.NewReader(str))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return conn, uint64(str.StreamID()) / 4, assign
+	t.Cleanup(func() { l.close("test over") })
+	return l
 }
 
 // TestSpoofedSource: a datagram whose source is not the session's address
@@ -513,25 +507,12 @@ func TestAddressRequest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pin := ts.pin
-	c, _ := NewClient(ClientConfig{Server: ts.addr, Token: testToken, Pin: &pin, PacketConn: pc,
-		NewDevice: func(DeviceConfig) (datagram.Device, error) { return nil, errors.New("unused") }})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	tr := &quic.Transport{Conn: pc, ConnectionIDLength: 4}
-	defer tr.Close()
-	raddr, _ := net.ResolveUDPAddr("udp", ts.addr)
-	conn, err := tr.Dial(ctx, raddr, c.tlsConfig(), quicConfig(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.CloseWithError(0, "")
-	str, err := c.request(ctx, conn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rd := capsule.NewReader(str)
-	first := readAssign(t, rd)
+	l := linkOn(t, pc, ts.addr, ts.pin)
+	str, rd := l.str, l.rd
+	// The client asked for "any address" while connecting; Roam's server
+	// assigns unprompted (request ID 0) and then answers that request.
+	readAssign(t, rd)
+	first := l.assign
 	if first.Addresses[0].Prefix.Addr() == oldA {
 		t.Fatal("second session got the first session's address unasked")
 	}

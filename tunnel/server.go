@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -48,6 +49,19 @@ type ServerConfig struct {
 	// client; when full, packets for that session are dropped (counted).
 	// Zero means 1024.
 	SessionQueue int
+	// Secret is the server's persistent secret (at least 16 bytes; see
+	// auth.LoadOrCreateSecret). The QUIC stateless-reset key and the TLS
+	// session-ticket keys are derived from it, so after a restart the
+	// server resets its old connections at once (clients reconnect without
+	// waiting for a timeout) and accepts their resumption tickets (0-RTT).
+	// Nil means a random secret per process.
+	Secret []byte
+	// LeaseGrace is how long a session's addresses stay reserved for the
+	// same client after its connection is lost (rather than closed by the
+	// client), so that a reconnecting client gets them back and its
+	// connections through the userspace NAT survive. Zero means
+	// DefaultLeaseGrace; negative means no grace period.
+	LeaseGrace time.Duration
 	// Logger receives session-level events. Nil means silent.
 	Logger *slog.Logger
 }
@@ -78,6 +92,7 @@ type ServerStats struct {
 type Server struct {
 	cfg    ServerConfig
 	log    *slog.Logger
+	keys   *serverKeys
 	routes routeSet
 	writer *datagram.Writer
 	h3     *http3.Server
@@ -112,6 +127,13 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Routes == nil {
 		cfg.Routes = DefaultRoutes
 	}
+	if cfg.LeaseGrace == 0 {
+		cfg.LeaseGrace = DefaultLeaseGrace
+	}
+	keys, err := newServerKeys(cfg.Secret)
+	if err != nil {
+		return nil, err
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -119,6 +141,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s := &Server{
 		cfg:    cfg,
 		log:    log.With("component", "server"),
+		keys:   keys,
 		routes: routesFromPrefixes(cfg.Routes),
 		ready:  make(chan struct{}),
 	}
@@ -159,11 +182,18 @@ func (s *Server) Addr() net.Addr {
 // It closes every session and the device before returning; pc stays open
 // (the caller owns it). Cancellation returns nil.
 func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
-	tlsConf := http3.ConfigureTLSConfig(s.cfg.TLS.Clone())
+	tlsConf := s.cfg.TLS.Clone()
+	tlsConf.NextProtos = []string{http3.NextProtoH3}
 	tlsConf.MinVersion = tls.VersionTLS13
-	tr := &quic.Transport{Conn: pc}
+	s.keys.configureTickets(tlsConf)
+	tr := &quic.Transport{Conn: pc, StatelessResetKey: &s.keys.reset}
 	defer tr.Close()
-	ln, err := tr.Listen(tlsConf, quicConfig(0))
+	qconf := quicConfig(0)
+	// 0-RTT lets a reconnecting client send its request in its first
+	// flight. 0-RTT data can be replayed, so handleConnectIP changes no
+	// state (addresses, sessions) before the handshake completes.
+	qconf.Allow0RTT = true
+	ln, err := tr.ListenEarly(tlsConf, qconf)
 	if err != nil {
 		return fmt.Errorf("tunnel: listen: %w", err)
 	}
@@ -371,6 +401,17 @@ func (s *Server) handleConnectIP(w http.ResponseWriter, r *http.Request) {
 	cs, _ := r.Context().Value(ctxKey{}).(*connState)
 	if cs == nil {
 		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	// The request may have come as 0-RTT data, which an attacker can
+	// replay: lease nothing and take nothing over until the handshake has
+	// completed (a replay never completes it).
+	select {
+	case <-cs.conn.HandshakeComplete():
+	case <-r.Context().Done():
+		return
+	}
+	if cs.conn.Context().Err() != nil {
 		return
 	}
 	if !cs.conn.ConnectionState().SupportsDatagrams.Remote {

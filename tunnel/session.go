@@ -144,7 +144,7 @@ func (sess *session) run(ctx context.Context, remote string) {
 	}
 	sess.end(err)
 	loops.Wait()
-	sess.cleanup()
+	sess.cleanup(err)
 	sess.log.Info("session ended", "reason", err, "duration", time.Since(start).Round(time.Millisecond),
 		"tx_packets", sess.txPackets.Load(), "tx_bytes", sess.txBytes.Load(),
 		"rx_packets", sess.rxPackets.Load(), "rx_bytes", sess.rxBytes.Load())
@@ -152,22 +152,39 @@ func (sess *session) run(ctx context.Context, remote string) {
 
 // cleanup removes the session from the tables and releases the addresses it
 // still holds (an address taken over by a newer session is not released).
-func (sess *session) cleanup() {
+// Unless the client closed the tunnel itself, the addresses stay reserved
+// for the same client for the lease grace period, and the NAT's flows of
+// those addresses live on until it ends, so a client that reconnects in
+// time carries on where it was.
+func (sess *session) cleanup(reason error) {
 	s := sess.srv
 	as := sess.addrs.Load()
+	grace := s.cfg.LeaseGrace
+	if grace < 0 || errors.Is(reason, errClientClosed) || s.ctx.Load() == nil || (*s.ctx.Load()).Err() != nil {
+		grace = 0
+	}
+	var released []netip.Addr
 	s.mu.Lock()
 	s.updateTableLocked(func(m map[netip.Addr]*session) {
-		if m[as.v4] == sess {
-			delete(m, as.v4)
-			s.cfg.Pool4.Release(as.v4, sess.owner)
-		}
-		if m[as.v6] == sess {
-			delete(m, as.v6)
-			s.cfg.Pool6.Release(as.v6, sess.owner)
+		for _, a := range []netip.Addr{as.v4, as.v6} {
+			if m[a] != sess {
+				continue
+			}
+			delete(m, a)
+			pool := s.cfg.Pool4
+			if a.Is6() {
+				pool = s.cfg.Pool6
+			}
+			if grace > 0 {
+				pool.ReleaseAfter(a, sess.owner, grace, func() { s.closeFlows(a) })
+			} else {
+				pool.Release(a, sess.owner)
+				released = append(released, a)
+			}
 		}
 	})
 	s.mu.Unlock()
-	s.closeFlows(as.v4, as.v6)
+	s.closeFlows(released...)
 	s.stats.SessionsActive.Add(-1)
 	for {
 		select {

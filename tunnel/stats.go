@@ -19,7 +19,8 @@ func counterAttrs(st *datagram.Stats) []slog.Attr {
 		{"rx_packets", &st.RxPackets}, {"rx_bytes", &st.RxBytes},
 		{"drop_malformed", &st.DropMalformed}, {"drop_src", &st.DropSrc}, {"drop_dst", &st.DropDst},
 		{"drop_policy", &st.DropPolicy}, {"drop_too_big", &st.DropTooBig}, {"drop_queue_full", &st.DropQueueFull},
-		{"drop_context", &st.DropContext}, {"drop_stream", &st.DropStream}, {"icmp_too_big", &st.ICMPTooBig},
+		{"drop_context", &st.DropContext}, {"drop_stream", &st.DropStream}, {"drop_no_link", &st.DropNoLink},
+		{"icmp_too_big", &st.ICMPTooBig},
 		{"read_errors", &st.ReadErrors}, {"write_errors", &st.WriteErrors},
 		{"write_batches", &st.WriteBatches}, {"write_packets", &st.WritePackets},
 	} {

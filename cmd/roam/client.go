@@ -102,15 +102,22 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		pin, _ := auth.ParsePin(strings.TrimSpace(f.pin))
 		cfg.Pin = &pin
 	}
-	// The tunnel's own socket carries the mark, so the policy rules keep
-	// it on the host's normal routes even in full-tunnel mode.
+	// The tunnel's own sockets carry the mark, so the policy rules keep
+	// them on the host's normal routes even in full-tunnel mode.
 	lc := net.ListenConfig{Control: tun.ControlMark(uint32(f.mark))}
-	pc, err := lc.ListenPacket(ctx, "udp", ":0")
+	cfg.ListenPacket = func() (net.PacketConn, error) { return lc.ListenPacket(ctx, "udp", ":0") }
+	pc, err := cfg.ListenPacket() // fail early, with the reason (no CAP_NET_ADMIN for the mark?)
 	if err != nil {
 		return fmt.Errorf("opening the UDP socket: %w", err)
 	}
-	defer pc.Close()
-	cfg.PacketConn = pc
+	pc.Close()
+	mon, err := tun.NewMonitor(uint32(f.mark))
+	if err != nil {
+		log.Warn("not watching the network; the tunnel notices network changes only by its own timeouts", "err", err)
+	} else {
+		defer mon.Close()
+		cfg.Monitor = mon
+	}
 	cfg.NewDevice = func(dc tunnel.DeviceConfig) (datagram.Device, error) {
 		return clientDevice(f, dc)
 	}

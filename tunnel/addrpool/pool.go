@@ -221,11 +221,17 @@ func (p *Pool) Release(addr netip.Addr, owner string) {
 // or releases it with Release. Until then the address stays leased to
 // owner. It does nothing if addr is not leased to owner. If d <= 0 it is
 // Release. Calling it again on a lease already in grace restarts the
-// period with the new d.
+// period with the new d (and the new expired).
+//
+// expired, if not nil, is called when the grace period runs out, just
+// before the lease is released, on the timer's goroutine with the pool
+// locked: it must be quick and must not call the Pool. It is the place to
+// end state tied to the address (connections through a NAT) before the
+// address can go to another owner.
 //
 // The grace period runs on a time.AfterFunc timer; there is nothing to
 // close: a pool that is dropped simply lets its timers fire.
-func (p *Pool) ReleaseAfter(addr netip.Addr, owner string, d time.Duration) {
+func (p *Pool) ReleaseAfter(addr netip.Addr, owner string, d time.Duration, expired func()) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	l, ok := p.leases[addr]
@@ -246,6 +252,9 @@ func (p *Pool) ReleaseAfter(addr netip.Addr, owner string, d time.Duration) {
 		// Only if this very grace period is still running: the lease may
 		// have been reclaimed, released, or put in a new grace period.
 		if l.timer == t && p.leases[l.addr] == l {
+			if expired != nil {
+				expired()
+			}
 			p.releaseLocked(l)
 		}
 	})

@@ -332,8 +332,9 @@ func TestReleaseAfter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := mustNew(t, "10.0.0.0/24")
 		a, _ := p.Allocate("alice")
-		p.ReleaseAfter(a, "mallory", time.Second) // wrong owner: no-op
-		p.ReleaseAfter(a, "alice", 30*time.Second)
+		p.ReleaseAfter(a, "mallory", time.Second, nil) // wrong owner: no-op
+		expired := 0
+		p.ReleaseAfter(a, "alice", 30*time.Second, func() { expired++ })
 		time.Sleep(29 * time.Second)
 		if _, err := p.Request(a, "bob"); !errors.Is(err, ErrInUse) {
 			t.Fatalf("during grace: %v", err)
@@ -343,8 +344,8 @@ func TestReleaseAfter(t *testing.T) {
 		}
 		time.Sleep(2 * time.Second)
 		synctest.Wait()
-		if p.Leased() != 0 {
-			t.Fatalf("not released after grace: Leased = %d", p.Leased())
+		if p.Leased() != 0 || expired != 1 {
+			t.Fatalf("not released after grace: Leased = %d, expired called %d times", p.Leased(), expired)
 		}
 		// remembered after the grace release
 		if got, _ := p.Allocate("alice"); got != a {
@@ -352,7 +353,7 @@ func TestReleaseAfter(t *testing.T) {
 		}
 
 		// Allocate by the owner during grace reclaims the lease for good
-		p.ReleaseAfter(a, "alice", 10*time.Second)
+		p.ReleaseAfter(a, "alice", 10*time.Second, func() { t.Error("expired called for a reclaimed lease") })
 		b, _ := p.Allocate("bob")
 		if got, _ := p.Allocate("alice"); got != a {
 			t.Fatalf("reclaim got %v, want %v", got, a)
@@ -364,7 +365,7 @@ func TestReleaseAfter(t *testing.T) {
 		}
 
 		// Request by the owner during grace: no live session to take over
-		p.ReleaseAfter(b, "bob", 10*time.Second)
+		p.ReleaseAfter(b, "bob", 10*time.Second, nil)
 		if takeover, err := p.Request(b, "bob"); err != nil || takeover {
 			t.Fatalf("Request during grace = %v, %v", takeover, err)
 		}
@@ -378,14 +379,14 @@ func TestReleaseAfter(t *testing.T) {
 		}
 
 		// Release during grace is immediate; restart replaces the period
-		p.ReleaseAfter(b, "bob", 10*time.Second)
+		p.ReleaseAfter(b, "bob", 10*time.Second, nil)
 		p.Release(b, "bob")
 		if p.Leased() != 1 {
 			t.Fatalf("Leased = %d", p.Leased())
 		}
-		p.ReleaseAfter(a, "alice", 10*time.Second)
+		p.ReleaseAfter(a, "alice", 10*time.Second, nil)
 		time.Sleep(5 * time.Second)
-		p.ReleaseAfter(a, "alice", 10*time.Second)
+		p.ReleaseAfter(a, "alice", 10*time.Second, nil)
 		time.Sleep(6 * time.Second)
 		synctest.Wait()
 		if p.Leased() != 1 {
@@ -399,7 +400,7 @@ func TestReleaseAfter(t *testing.T) {
 
 		// d <= 0 releases now
 		c, _ := p.Allocate("carol")
-		p.ReleaseAfter(c, "carol", 0)
+		p.ReleaseAfter(c, "carol", 0, nil)
 		if p.Leased() != 0 {
 			t.Fatal("ReleaseAfter(0) did not release")
 		}

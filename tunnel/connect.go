@@ -1,0 +1,326 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+
+	"github.com/roamvpn/roam/datagram"
+	"github.com/roamvpn/roam/tunnel/capsule"
+)
+
+// link is one QUIC connection carrying the tunnel: its CONNECT-IP request
+// stream and every transport (UDP socket) it has used. The client replaces
+// the link on reconnect; the device and the pump stay.
+type link struct {
+	conn   *quic.Conn
+	str    *http3.RequestStream
+	rd     *capsule.Reader
+	dl     *datagram.Link
+	assign *capsule.AddressAssign
+	routes *capsule.RouteAdvertisement
+	server netip.Addr // the server's address this connection dialed
+	path   netPath    // where the current path leaves the host (zero if unknown)
+
+	mu      sync.Mutex
+	sockets []net.PacketConn  // guarded by mu; closed with the link
+	trs     []*quic.Transport // guarded by mu; closed with the link
+	closed  bool              // guarded by mu
+}
+
+// netPath is the host side of a network path: the local address and
+// interface the route to the server uses.
+type netPath struct {
+	local   netip.Addr
+	ifindex int
+}
+
+// addSocket opens a socket with ListenPacket and a transport on it that
+// belongs to l from now on: quic-go destroys a connection when any
+// transport it has used is closed, so they all live as long as the link.
+func (c *Client) addSocket(l *link) (*quic.Transport, error) {
+	pc, err := c.cfg.ListenPacket()
+	if err != nil {
+		return nil, fmt.Errorf("opening a UDP socket: %w", err)
+	}
+	tr := &quic.Transport{Conn: lossy(pc, &c.pathDrops), ConnectionIDLength: 4}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		pc.Close()
+		return nil, net.ErrClosed
+	}
+	l.sockets = append(l.sockets, pc)
+	l.trs = append(l.trs, tr)
+	return tr, nil
+}
+
+func (l *link) numPaths() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.trs)
+}
+
+// close ends the request stream and the connection and closes every
+// transport and socket. It is idempotent.
+func (l *link) close(reason string) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.closed = true
+	l.mu.Unlock()
+	if l.str != nil {
+		l.str.CancelRead(errCodeRequestCancelled)
+		l.str.Close()
+	}
+	if l.conn != nil {
+		l.conn.CloseWithError(0, reason)
+	}
+	for _, tr := range l.trs {
+		tr.Close()
+	}
+	for _, pc := range l.sockets {
+		pc.Close()
+	}
+}
+
+// connect dials the server on a new socket and sets up a CONNECT-IP
+// session: request, ADDRESS_REQUEST (want, or "any address" of each family
+// when want is nil), and waits for the answering ADDRESS_ASSIGN and a
+// ROUTE_ADVERTISEMENT. With a session ticket from an earlier connection it
+// resumes with 0-RTT, so the request goes in the first flight.
+func (c *Client) connect(ctx context.Context, want []netip.Prefix) (_ *link, err error) {
+	raddr, err := net.ResolveUDPAddr("udp", c.cfg.Server)
+	if err != nil {
+		return nil, fmt.Errorf("resolving server %q: %w", c.cfg.Server, err)
+	}
+	l := &link{server: raddr.AddrPort().Addr().Unmap()}
+	defer func() {
+		if err != nil {
+			l.close("setup failed")
+		}
+	}()
+	tr, err := c.addSocket(l)
+	if err != nil {
+		return nil, err
+	}
+	if c.cfg.Monitor != nil {
+		if local, ifindex, err := c.cfg.Monitor.PathTo(l.server); err == nil {
+			l.path = netPath{local, ifindex}
+		}
+	}
+	conn, err := tr.DialEarly(ctx, raddr, c.tlsConfig(), quicConfig(DefaultKeepAlive))
+	if err != nil {
+		return nil, classifyDialError(c.cfg.Server, err)
+	}
+	l.conn = conn
+	err = c.request(ctx, l, want)
+	if errors.Is(err, quic.Err0RTTRejected) {
+		// The server did not take the 0-RTT data (new keys, for example):
+		// everything sent in it is void; redo the request in 1-RTT.
+		if l.conn, err = conn.NextConnection(ctx); err == nil {
+			err = c.request(ctx, l, want)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if l.assign, l.routes, err = awaitConfig(ctx, l.str, l.rd, want); err != nil {
+		return nil, err
+	}
+	l.dl = &datagram.Link{
+		Conn:            l.conn, // sends: the prefix is written in place, no copy
+		Recv:            l.str,  // receives: http3 has sorted the datagrams by stream
+		QuarterStreamID: uint64(l.str.StreamID()) / 4,
+	}
+	return l, nil
+}
+
+// addressRequest asks for want, or for any address of each family.
+func addressRequest(want []netip.Prefix) capsule.AddressRequest {
+	if want == nil {
+		// RFC 9484 §4.7.1: all-zero addresses mean "any address of this
+		// family"; a server that assigns unprompted (as Roam's does)
+		// confirms its assignment.
+		want = []netip.Prefix{netip.PrefixFrom(netip.IPv4Unspecified(), 32), netip.PrefixFrom(netip.IPv6Unspecified(), 128)}
+	}
+	var req capsule.AddressRequest
+	for i, p := range want {
+		req.Addresses = append(req.Addresses, capsule.RequestedAddress{RequestID: uint64(i + 1), Prefix: p})
+	}
+	return req
+}
+
+// request opens the CONNECT-IP request stream, sends the request and the
+// ADDRESS_REQUEST at once (in 0-RTT when resuming), then checks the
+// server's SETTINGS and response.
+func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) error {
+	cc := (&http3.Transport{EnableDatagrams: true}).NewClientConn(l.conn)
+	str, err := cc.OpenRequestStream(ctx)
+	if err != nil {
+		return fmt.Errorf("opening the request stream: %w", err)
+	}
+	authority := c.cfg.Server
+	req := &http.Request{
+		Method: http.MethodConnect,
+		Proto:  "connect-ip",
+		Host:   authority,
+		URL:    &url.URL{Scheme: "https", Host: authority, Path: WellKnownPath + "*/*/"},
+		Header: http.Header{
+			"Authorization":    {"Bearer " + c.cfg.Token},
+			"Capsule-Protocol": {"?1"},
+		},
+	}
+	if err := str.SendRequestHeader(req); err != nil {
+		return fmt.Errorf("sending the CONNECT-IP request: %w", err)
+	}
+	ar := addressRequest(want)
+	b, err := ar.Append(nil)
+	if err == nil {
+		_, err = str.Write(b)
+	}
+	if err != nil {
+		return fmt.Errorf("sending ADDRESS_REQUEST: %w", err)
+	}
+	l.str = str // from here on, link.close cancels it
+
+	select {
+	case <-cc.ReceivedSettings():
+	case <-l.conn.Context().Done():
+		return fmt.Errorf("waiting for the server's HTTP/3 SETTINGS: %w", context.Cause(l.conn.Context()))
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the server's HTTP/3 SETTINGS: %w", context.Cause(ctx))
+	}
+	if s := cc.Settings(); !s.EnableDatagrams {
+		return permanent(ErrNoDatagrams)
+	} else if !s.EnableExtendedConnect {
+		return permanent(errors.New("server does not support Extended CONNECT (RFC 9220)"))
+	}
+	stop := context.AfterFunc(ctx, func() { str.CancelRead(errCodeRequestCancelled) })
+	resp, err := str.ReadResponse()
+	stop()
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("waiting for the CONNECT-IP response: %w", context.Cause(ctx))
+		}
+		return fmt.Errorf("reading the CONNECT-IP response: %w", err)
+	}
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		return permanent(ErrAuthFailed)
+	case resp.StatusCode < 200 || resp.StatusCode > 299:
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+		err := &StatusError{StatusCode: resp.StatusCode, Status: resp.Status, Reason: strings.TrimSpace(string(body))}
+		if resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != http.StatusRequestTimeout && resp.StatusCode != http.StatusTooManyRequests {
+			return permanent(err)
+		}
+		return err
+	}
+	if !l.conn.ConnectionState().SupportsDatagrams.Remote {
+		return permanent(ErrNoDatagrams)
+	}
+	l.rd = capsule.NewReader(str)
+	return nil
+}
+
+// awaitConfig reads capsules until a ROUTE_ADVERTISEMENT and an
+// ADDRESS_ASSIGN that answers the request for want have arrived (in either
+// order). Any assignment answers a request for "any address"; a request
+// for specific addresses is answered by an assignment carrying its request
+// IDs (RFC 9484 §4.7.2) or, from servers that assign without echoing IDs,
+// one that contains every wanted prefix. Earlier, unprompted assignments
+// are skipped.
+func awaitConfig(ctx context.Context, str *http3.RequestStream, rd *capsule.Reader, want []netip.Prefix) (*capsule.AddressAssign, *capsule.RouteAdvertisement, error) {
+	stop := context.AfterFunc(ctx, func() { str.CancelRead(errCodeRequestCancelled) })
+	defer stop()
+	var assign *capsule.AddressAssign
+	var routes *capsule.RouteAdvertisement
+	for assign == nil || routes == nil {
+		t, v, err := rd.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				what := "ADDRESS_ASSIGN"
+				if assign != nil {
+					what = "ROUTE_ADVERTISEMENT"
+				}
+				return nil, nil, fmt.Errorf("waiting for the server's %s: %w", what, context.Cause(ctx))
+			}
+			return nil, nil, fmt.Errorf("reading the server's capsules: %w", err)
+		}
+		switch t {
+		case capsule.TypeAddressAssign:
+			a, err := capsule.ParseAddressAssign(v)
+			if err != nil {
+				return nil, nil, fmt.Errorf("server sent a malformed capsule: %w", err)
+			}
+			if answers(a, want) {
+				assign = a
+			}
+		case capsule.TypeRouteAdvertisement:
+			if routes, err = capsule.ParseRouteAdvertisement(v); err != nil {
+				return nil, nil, fmt.Errorf("server sent a malformed capsule: %w", err)
+			}
+		}
+	}
+	return assign, routes, nil
+}
+
+// answers reports whether a answers the request addressRequest(want).
+func answers(a *capsule.AddressAssign, want []netip.Prefix) bool {
+	if want == nil {
+		return true
+	}
+	got := assigned(a)
+	all := true
+	for _, w := range want {
+		all = all && slices.Contains(got, w)
+	}
+	if all {
+		return true
+	}
+	for _, e := range a.Addresses {
+		if e.RequestID >= 1 && e.RequestID <= uint64(len(want)) {
+			return true
+		}
+	}
+	return false
+}
+
+// assigned returns the assigned prefixes, without refusals (all-zero).
+func assigned(a *capsule.AddressAssign) []netip.Prefix {
+	var out []netip.Prefix
+	for _, e := range a.Addresses {
+		if !e.Prefix.Addr().IsUnspecified() {
+			out = append(out, e.Prefix)
+		}
+	}
+	return out
+}
+
+// permanentError marks a setup failure that retrying cannot fix (wrong
+// token or pin, a server that cannot do CONNECT-IP, addresses gone): the
+// client gives up instead of reconnecting.
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+func permanent(err error) error { return &permanentError{err} }
+
+func isPermanent(err error) bool {
+	var p *permanentError
+	return errors.As(err, &p)
+}

@@ -1,0 +1,368 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/roamvpn/roam/datagram"
+	"github.com/roamvpn/roam/tunnel/capsule"
+)
+
+// Roaming timings.
+const (
+	// livenessInterval is how often the client checks that the server
+	// still answers.
+	livenessInterval = 250 * time.Millisecond
+	// minStall and maxStall bound how long the client waits for any
+	// packet from the server after it sent a datagram before it calls the
+	// path dead (8 smoothed RTTs in between).
+	minStall, maxStall = 1500 * time.Millisecond, 8 * time.Second
+	// minProbe and maxProbe bound a migration's path validation (4 RTTs).
+	minProbe, maxProbe = time.Second, 3 * time.Second
+	// maxPaths is how many sockets one connection may have used before
+	// the client prefers a fresh connection to another migration (quic-go
+	// keeps every one of them open until the connection ends).
+	maxPaths = 8
+	// Reconnect backoff: the first retry after minBackoff, doubling up to
+	// maxBackoff while the outage is young, maxBackoffLate after
+	// lateOutage, each with jitter.
+	minBackoff, maxBackoff, maxBackoffLate = 100 * time.Millisecond, 2 * time.Second, 15 * time.Second
+	lateOutage                             = time.Minute
+	// attempt bounds one reconnect attempt (dial, request, assignment).
+	minAttempt, maxAttempt = 2 * time.Second, 10 * time.Second
+)
+
+// supervisor keeps the tunnel's link alive under one pump and device.
+type supervisor struct {
+	c        *Client
+	pump     *datagram.Pump
+	state    atomic.Pointer[clientState]
+	linkErr  chan *datagram.Link // the pump's OnLinkError
+	pumpDone chan error
+	paused   bool // no route to the server: the pump has no link
+	lastRTT  time.Duration
+}
+
+// errLost is returned by serve when the link is gone but the tunnel can
+// go on with a new one.
+type lostError struct{ reason string }
+
+func (e *lostError) Error() string { return e.reason }
+
+func lost(format string, args ...any) error { return &lostError{fmt.Sprintf(format, args...)} }
+
+// run serves links until ctx ends (nil), the pump stops, or a reconnect
+// is refused for good.
+func (s *supervisor) run(ctx context.Context, l *link) error {
+	c := s.c
+	for {
+		err := s.serve(ctx, l)
+		if rtt := l.conn.ConnectionStats().SmoothedRTT; rtt > 0 {
+			s.lastRTT = rtt
+		}
+		var le *lostError
+		if !errors.As(err, &le) {
+			l.close("client exiting")
+			return err
+		}
+		s.setLink(nil)
+		l.close("reconnecting: " + le.reason)
+		c.log.Warn("connection lost", "reason", le.reason)
+		lostAt := time.Now()
+		nl, attempts, err := s.reconnect(ctx, s.state.Load().addrs)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("reconnecting: %w", err)
+		}
+		l = nl
+		c.reconnects.Add(1)
+		s.adopt(l)
+		s.setLink(l.dl)
+		cs := l.conn.ConnectionState()
+		c.log.Info("reconnected", "reason", le.reason, "took", time.Since(lostAt).Round(time.Millisecond),
+			"attempts", attempts, "resumed", cs.TLS.DidResume, "0rtt", cs.Used0RTT, "addresses", s.state.Load().addrs)
+	}
+}
+
+// setLink gives the pump its link (nil pauses it) and forgets a pause.
+func (s *supervisor) setLink(dl *datagram.Link) {
+	s.paused = false
+	s.pump.SetLink(dl)
+}
+
+// adopt takes the routes of a new link's advertisement into the uplink
+// filter (the device's routes stay as installed).
+func (s *supervisor) adopt(l *link) {
+	old := s.state.Load()
+	routes := intersect(routesFromRanges(l.routes.Ranges), routesFromPrefixes(s.c.cfg.Routes))
+	if !slices.Equal(routes.prefixes(), old.routes.prefixes()) {
+		s.c.log.Info("server advertises other routes now; the device keeps its own", "routes", routes.prefixes())
+	}
+	s.state.Store(&clientState{addrs: old.addrs, routes: routes})
+}
+
+// serve watches one link until it is lost (a *lostError), ctx ends (nil)
+// or the pump stops (its error).
+func (s *supervisor) serve(ctx context.Context, l *link) error {
+	caps := make(chan error, 1)
+	go func() { caps <- s.watchCapsules(l) }()
+	tick := time.NewTicker(livenessInterval)
+	defer tick.Stop()
+	var changes <-chan struct{}
+	if s.c.cfg.Monitor != nil {
+		changes = s.c.cfg.Monitor.Changes()
+	}
+	live := liveness{}
+	live.reset(time.Now(), l.conn.ConnectionStats(), s.c.stats.TxPackets.Load())
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-s.pumpDone:
+			s.pumpDone <- err // for Run
+			if err == nil {
+				err = errors.New("the tunnel device was closed")
+			}
+			return err
+		case <-l.conn.Context().Done():
+			return lost("connection closed: %v", context.Cause(l.conn.Context()))
+		case err := <-caps:
+			if errors.Is(err, io.EOF) {
+				return lost("server closed the tunnel")
+			}
+			return lost("tunnel stream failed: %v", err)
+		case dl := <-s.linkErr:
+			if dl == l.dl {
+				return lost("datagram path failed")
+			}
+		case <-changes:
+			if err := s.networkChanged(ctx, l); err != nil {
+				return err
+			}
+			live.reset(time.Now(), l.conn.ConnectionStats(), s.c.stats.TxPackets.Load())
+		case now := <-tick.C:
+			if s.paused {
+				continue // no route: nothing can answer; the QUIC idle timeout bounds the wait
+			}
+			silent, stalled := live.check(now, l.conn.ConnectionStats(), s.c.stats.TxPackets.Load())
+			if !stalled {
+				continue
+			}
+			to := l.path
+			if m := s.c.cfg.Monitor; m != nil {
+				if local, ifindex, err := m.PathTo(l.server); err == nil {
+					to = netPath{local, ifindex}
+				}
+			}
+			if err := s.migrate(ctx, l, fmt.Sprintf("no answer from the server for %v", silent.Round(time.Millisecond)), to); err != nil {
+				return err
+			}
+			live.reset(time.Now(), l.conn.ConnectionStats(), s.c.stats.TxPackets.Load())
+		}
+	}
+}
+
+// networkChanged looks at the route to the server after a network event:
+// no route pauses the pump (datagrams sent into nothing would only fill
+// the congestion window and stall path validation later); the same path
+// resumes; a new one is migrated to.
+func (s *supervisor) networkChanged(ctx context.Context, l *link) error {
+	local, ifindex, err := s.c.cfg.Monitor.PathTo(l.server)
+	if err != nil {
+		if !s.paused {
+			s.c.log.Info("no route to the server; holding tunnel traffic until the network is back", "err", err)
+			s.pump.SetLink(nil)
+			s.paused = true
+		}
+		return nil
+	}
+	to := netPath{local, ifindex}
+	if to == l.path {
+		if s.paused {
+			s.c.log.Info("route to the server is back on the same path", "local", local)
+			s.setLink(l.dl)
+		}
+		return nil
+	}
+	return s.migrate(ctx, l, fmt.Sprintf("network changed: local address %v -> %v", l.path.local, local), to)
+}
+
+// migrate moves l's connection to a new socket (AddPath, Probe, Switch),
+// with the pump paused while the path is probed. It returns a *lostError
+// when the connection cannot move (the caller reconnects instead).
+func (s *supervisor) migrate(ctx context.Context, l *link, reason string, to netPath) error {
+	c := s.c
+	start := time.Now()
+	if l.numPaths() >= maxPaths {
+		return lost("%s; this connection has used %d paths already", reason, maxPaths)
+	}
+	tr, err := c.addSocket(l)
+	if err != nil {
+		return lost("%s; migration failed: %v", reason, err)
+	}
+	path, err := l.conn.AddPath(tr)
+	if err != nil {
+		return lost("%s; migration failed: %v", reason, err)
+	}
+	s.pump.SetLink(nil)
+	cs := l.conn.ConnectionStats()
+	timeout := min(max(4*cs.SmoothedRTT, minProbe), maxProbe)
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	err = path.Probe(pctx)
+	cancel()
+	if err == nil {
+		err = path.Switch()
+	}
+	if err != nil {
+		path.Close()
+		if ctx.Err() != nil {
+			return nil
+		}
+		return lost("%s; the new path did not validate within %v: %v", reason, timeout, err)
+	}
+	s.setLink(l.dl)
+	l.path = to
+	c.migrations.Add(1)
+	c.log.Info("path changed", "reason", reason, "local", tr.Conn.LocalAddr(), "took", time.Since(start).Round(time.Microsecond))
+	return nil
+}
+
+// reconnect dials until a new link carries the tunnel with the addresses
+// in want, backing off with jitter between attempts and retrying at once
+// when the network changes.
+func (s *supervisor) reconnect(ctx context.Context, want []netip.Prefix) (*link, int, error) {
+	c := s.c
+	start := time.Now()
+	backoff := minBackoff
+	var changes <-chan struct{}
+	if c.cfg.Monitor != nil {
+		changes = c.cfg.Monitor.Changes()
+	}
+	for attempt := 1; ; attempt++ {
+		timeout := min(max(minAttempt, 8*s.lastRTT), maxAttempt)
+		actx, cancel := context.WithTimeout(ctx, timeout)
+		l, err := c.connect(actx, want)
+		cancel()
+		if err == nil {
+			if got := assigned(l.assign); !sameSet(got, want) {
+				l.close("addresses changed")
+				return nil, attempt, permanent(fmt.Errorf("the server assigned %v instead of this client's addresses %v, and the device cannot change its addresses; restart the client", got, want))
+			}
+			return l, attempt, nil
+		}
+		if ctx.Err() != nil {
+			return nil, attempt, ctx.Err()
+		}
+		if isPermanent(err) {
+			return nil, attempt, err
+		}
+		c.log.Debug("reconnect attempt failed", "attempt", attempt, "err", err)
+		limit := maxBackoff
+		if time.Since(start) > lateOutage {
+			limit = maxBackoffLate
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		backoff = min(2*backoff, limit)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-changes:
+			t.Stop() // the network changed: try now
+		case <-ctx.Done():
+			t.Stop()
+			return nil, attempt, ctx.Err()
+		}
+	}
+}
+
+func sameSet(a, b []netip.Prefix) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, p := range a {
+		if !slices.Contains(b, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// watchCapsules keeps reading the server's capsules on l. A new
+// ROUTE_ADVERTISEMENT narrows or widens what the uplink lets through (the
+// device's routes stay as installed); a new ADDRESS_ASSIGN that changes
+// the addresses is logged (the device keeps its addresses). It returns
+// when the stream ends.
+func (s *supervisor) watchCapsules(l *link) error {
+	for {
+		t, v, err := l.rd.Next()
+		if err != nil {
+			return err
+		}
+		switch t {
+		case capsule.TypeAddressAssign:
+			a, err := capsule.ParseAddressAssign(v)
+			if err != nil {
+				return fmt.Errorf("server sent a malformed capsule: %w", err)
+			}
+			old := s.state.Load()
+			if addrs := assigned(a); !sameSet(addrs, old.addrs) {
+				s.c.log.Warn("server changed the tunnel addresses; keeping the device's", "new", addrs, "device", old.addrs)
+			}
+		case capsule.TypeRouteAdvertisement:
+			r, err := capsule.ParseRouteAdvertisement(v)
+			if err != nil {
+				return fmt.Errorf("server sent a malformed capsule: %w", err)
+			}
+			old := s.state.Load()
+			s.state.Store(&clientState{addrs: old.addrs, routes: intersect(routesFromRanges(r.Ranges), routesFromPrefixes(s.c.cfg.Routes))})
+			s.c.log.Info("server updated its routes", "routes", s.state.Load().routes.prefixes())
+		}
+	}
+}
+
+// liveness notices a path that stopped answering: the client sent
+// datagrams (which the server must acknowledge) but has received nothing
+// for a while. An idle tunnel is never stalled; its keep-alives are
+// covered by the QUIC idle timeout.
+type liveness struct {
+	recv     uint64    // PacketsReceived at the last check
+	lastRecv time.Time // when PacketsReceived last grew
+	tx       uint64    // datagrams sent when PacketsReceived last grew
+	txSince  time.Time // first check that saw tx grow after lastRecv; zero if none
+}
+
+func (lv *liveness) reset(now time.Time, cs quic.ConnectionStats, tx uint64) {
+	*lv = liveness{recv: cs.PacketsReceived, lastRecv: now, tx: tx}
+}
+
+// check returns how long the server has been silent and whether that
+// counts as a stall.
+func (lv *liveness) check(now time.Time, cs quic.ConnectionStats, tx uint64) (time.Duration, bool) {
+	if cs.PacketsReceived != lv.recv {
+		lv.reset(now, cs, tx)
+		return 0, false
+	}
+	if tx == lv.tx {
+		return 0, false
+	}
+	if lv.txSince.IsZero() {
+		lv.txSince = now
+		return 0, false
+	}
+	limit := min(max(8*cs.SmoothedRTT, minStall), maxStall)
+	if now.Sub(lv.txSince) < limit {
+		return 0, false
+	}
+	return now.Sub(lv.lastRecv), true
+}
