@@ -101,8 +101,22 @@ func (l *link) close(reason string) {
 // session: request, ADDRESS_REQUEST (want, or "any address" of each family
 // when want is nil), and waits for the answering ADDRESS_ASSIGN and a
 // ROUTE_ADVERTISEMENT. With a session ticket from an earlier connection it
-// resumes with 0-RTT, so the request goes in the first flight.
-func (c *Client) connect(ctx context.Context, want []netip.Prefix) (_ *link, err error) {
+// resumes with 0-RTT, so the request goes in the first flight; if the
+// server refuses the 0-RTT data (it has other keys now) it dials again.
+func (c *Client) connect(ctx context.Context, want []netip.Prefix) (*link, error) {
+	l, err := c.connectOnce(ctx, want)
+	if errors.Is(err, quic.Err0RTTRejected) {
+		// The ticket is no good with this server (crypto/tls keys the
+		// cache by server name); forget it, or the next dial offers it
+		// again before the server's new ticket has arrived.
+		c.sessions.Put(c.tlsConfig().ServerName, nil)
+		c.log.Debug("the server refused 0-RTT; dialing again", "err", err)
+		l, err = c.connectOnce(ctx, want)
+	}
+	return l, err
+}
+
+func (c *Client) connectOnce(ctx context.Context, want []netip.Prefix) (_ *link, err error) {
 	raddr, err := net.ResolveUDPAddr("udp", c.cfg.Server)
 	if err != nil {
 		return nil, fmt.Errorf("resolving server %q: %w", c.cfg.Server, err)
@@ -127,15 +141,7 @@ func (c *Client) connect(ctx context.Context, want []netip.Prefix) (_ *link, err
 		return nil, classifyDialError(c.cfg.Server, err)
 	}
 	l.conn = conn
-	err = c.request(ctx, l, want)
-	if errors.Is(err, quic.Err0RTTRejected) {
-		// The server did not take the 0-RTT data (new keys, for example):
-		// everything sent in it is void; redo the request in 1-RTT.
-		if l.conn, err = conn.NextConnection(ctx); err == nil {
-			err = c.request(ctx, l, want)
-		}
-	}
-	if err != nil {
+	if err := c.request(ctx, l, want); err != nil {
 		return nil, err
 	}
 	if l.assign, l.routes, err = awaitConfig(ctx, l.str, l.rd, want); err != nil {
@@ -168,6 +174,12 @@ func addressRequest(want []netip.Prefix) capsule.AddressRequest {
 // ADDRESS_REQUEST at once (in 0-RTT when resuming), then checks the
 // server's SETTINGS and response.
 func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) error {
+	early := true // sending 0-RTT data
+	select {
+	case <-l.conn.HandshakeComplete():
+		early = false
+	default:
+	}
 	cc := (&http3.Transport{EnableDatagrams: true}).NewClientConn(l.conn)
 	str, err := cc.OpenRequestStream(ctx)
 	if err != nil {
@@ -197,6 +209,21 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 	}
 	l.str = str // from here on, link.close cancels it
 
+	if early {
+		select {
+		case <-l.conn.HandshakeComplete():
+		case <-ctx.Done():
+			return fmt.Errorf("handshake: %w", context.Cause(ctx))
+		}
+		if err := l.conn.Context().Err(); err != nil {
+			return classifyDialError(c.cfg.Server, context.Cause(l.conn.Context()))
+		}
+		if !l.conn.ConnectionState().Used0RTT {
+			// Everything sent so far (HTTP/3 control stream, request)
+			// is void.
+			return quic.Err0RTTRejected
+		}
+	}
 	select {
 	case <-cc.ReceivedSettings():
 	case <-l.conn.Context().Done():

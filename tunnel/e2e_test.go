@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,17 +33,34 @@ type testServer struct {
 	addr string
 	pin  [32]byte
 	nat  *usernat.Stack
+	stop func() // stops Serve (idempotent); the test's cleanup calls it too
+}
+
+// testServerOpts are the knobs of startTestServerWith; zero values mean a
+// fresh certificate and secret on a free port.
+type testServerOpts struct {
+	routes []netip.Prefix
+	addr   string          // listen here (a restart on the same port)
+	cert   tls.Certificate // the same certificate (and pin) as before
+	secret []byte
+	grace  time.Duration
 }
 
 func startTestServer(t *testing.T, routes []netip.Prefix) *testServer {
+	return startTestServerWith(t, testServerOpts{routes: routes})
+}
+
+func startTestServerWith(t *testing.T, o testServerOpts) *testServer {
 	t.Helper()
 	tokens, err := auth.ParseTokens(strings.NewReader(testToken+"\n"), "test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, _, err := auth.LoadOrCreateCert(t.TempDir(), nil, nil)
-	if err != nil {
-		t.Fatal(err)
+	cert := o.cert
+	if cert.Certificate == nil {
+		if cert, _, err = auth.LoadOrCreateCert(t.TempDir(), nil, nil); err != nil {
+			t.Fatal(err)
+		}
 	}
 	pin, err := auth.ParsePin(auth.Pin(cert.Certificate[0]))
 	if err != nil {
@@ -65,38 +84,48 @@ func startTestServer(t *testing.T, routes []netip.Prefix) *testServer {
 		t.Fatal(err)
 	}
 	srv, err := NewServer(ServerConfig{
-		TLS:    tlsConfigFor(cert),
-		Tokens: tokens,
-		Pool4:  pool4,
-		Pool6:  pool6,
-		Routes: routes,
-		Device: nat,
-		Logger: testLogger(t),
+		TLS:        tlsConfigFor(cert),
+		Tokens:     tokens,
+		Pool4:      pool4,
+		Pool6:      pool6,
+		Routes:     o.routes,
+		Device:     nat,
+		Secret:     o.secret,
+		LeaseGrace: o.grace,
+		Logger:     testLogger(t),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	addr := o.addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, pc) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Serve: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("Serve did not return after cancel")
 			}
-		case <-time.After(10 * time.Second):
-			t.Errorf("Serve did not return after cancel")
-		}
-		pc.Close()
-	})
+			pc.Close()
+		})
+	}
+	t.Cleanup(stop)
 	<-srv.Ready()
-	return &testServer{srv: srv, addr: pc.LocalAddr().String(), pin: pin, nat: nat}
+	return &testServer{srv: srv, addr: pc.LocalAddr().String(), pin: pin, nat: nat, stop: stop}
 }
 
 // testClient is a client whose device is a userspace netstack, so tests

@@ -68,7 +68,7 @@ func parseServerFlags(args []string, stdout io.Writer) (*serverFlags, bool, erro
 	}
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	fs.StringVar(&f.listen, "listen", "0.0.0.0:4433", "UDP `HOST:PORT` to serve HTTP/3 on")
-	fs.StringVar(&f.stateDir, "state-dir", defaultStateDir(), "`DIR` for the certificate, its pin and the default tokens file")
+	fs.StringVar(&f.stateDir, "state-dir", defaultStateDir(), "`DIR` for the certificate, its pin, the server secret and the default tokens file")
 	fs.StringVar(&f.tokens, "tokens", "", "tokens `FILE` (one per line, # comments); default STATE_DIR/tokens, created with one token if missing")
 	fs.Var(&f.pool4, "pool4", "IPv4 client address pool `CIDR` (first address is the server's)")
 	fs.Var(&f.pool6, "pool6", "IPv6 client address pool `CIDR` (first address is the server's)")
@@ -162,6 +162,13 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 
+	// The secret keeps stateless resets and session tickets valid across
+	// restarts: clients notice a restart at once and resume with 0-RTT.
+	secret, _, err := auth.LoadOrCreateSecret(f.stateDir)
+	if err != nil {
+		return err
+	}
+
 	pool4, err := addrpool.New(f.pool4.val)
 	if err != nil {
 		return usagef("server: invalid value %q for flag --pool4: %v", f.pool4.val, err)
@@ -190,6 +197,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		Pool6:  pool6,
 		Routes: f.routes.vals,
 		Device: dev,
+		Secret: secret,
 		Logger: log,
 	})
 	if err != nil {
