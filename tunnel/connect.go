@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -24,14 +25,16 @@ import (
 // stream and every transport (UDP socket) it has used. The client replaces
 // the link on reconnect; the device and the pump stay.
 type link struct {
-	conn   *quic.Conn
-	str    *http3.RequestStream
-	rd     *capsule.Reader
-	dl     *datagram.Link
-	assign *capsule.AddressAssign
-	routes *capsule.RouteAdvertisement
-	server netip.Addr // the server's address this connection dialed
-	path   netPath    // where the current path leaves the host (zero if unknown)
+	conn     *quic.Conn
+	str      *http3.RequestStream
+	rd       *capsule.Reader
+	dl       *datagram.Link
+	assign   *capsule.AddressAssign
+	routes   *capsule.RouteAdvertisement
+	server   netip.Addr  // the server's address this connection dialed
+	path     netPath     // where the current path leaves the host (zero if unknown)
+	qpath    *quic.Path  // the path migrated to last; nil for the dialed one
+	migrated []time.Time // when each migration started
 
 	mu      sync.Mutex
 	sockets []net.PacketConn  // guarded by mu; closed with the link

@@ -2,9 +2,16 @@ package tunnel
 
 import (
 	"crypto/rand"
+	"errors"
+	"net"
 	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
 )
 
 // TestReconnectAfterServerRestart: the server stops and a new one starts on
@@ -60,5 +67,133 @@ func waitForCond(t *testing.T, what string, d time.Duration, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// fakeMonitor is a NetworkMonitor whose path the test sets.
+type fakeMonitor struct {
+	changes chan struct{}
+	mu      sync.Mutex
+	local   netip.Addr
+	ifindex int
+	down    bool
+}
+
+func (m *fakeMonitor) Changes() <-chan struct{} { return m.changes }
+
+func (m *fakeMonitor) PathTo(netip.Addr) (netip.Addr, int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.down {
+		return netip.Addr{}, 0, errors.New("no route")
+	}
+	return m.local, m.ifindex, nil
+}
+
+func (m *fakeMonitor) set(local string, ifindex int, down bool) {
+	m.mu.Lock()
+	m.local, m.ifindex, m.down = netip.MustParseAddr(local), ifindex, down
+	m.mu.Unlock()
+	m.changes <- struct{}{}
+}
+
+// TestMigrateOnNetworkChange: when the monitor reports a new path, the
+// client moves its connection to a new socket (AddPath, Probe, Switch) and
+// the tunnel keeps working; a third change within 5 s reconnects instead;
+// while there is no route the pump is paused (drops counted), and the same
+// path coming back resumes it without a migration or reconnect.
+func TestMigrateOnNetworkChange(t *testing.T) {
+	ts := startTestServer(t, nil)
+	mon := &fakeMonitor{changes: make(chan struct{}, 1), local: netip.MustParseAddr("127.0.0.1"), ifindex: 1}
+	var sockets atomic.Int32
+	tc, err := startTestClient(t, ts, func(c *ClientConfig) {
+		c.Monitor = mon
+		c.ListenPacket = func() (net.PacketConn, error) {
+			sockets.Add(1)
+			return net.ListenPacket("udp", "127.0.0.1:0")
+		}
+	})
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	gw := netip.MustParseAddr("100.96.0.1")
+	pingOnce(t, tc.net, gw)
+
+	for i := 1; i <= 2; i++ {
+		mon.set("127.0.0."+strconv.Itoa(i+1), i+1, false)
+		waitForCond(t, "a migration", 10*time.Second, func() bool { return tc.client.migrations.Load() == uint64(i) })
+		pingOnce(t, tc.net, gw)
+	}
+	if n := sockets.Load(); n != 3 {
+		t.Fatalf("%d sockets opened, want 3 (one per path)", n)
+	}
+	// A third change within 5 s: a quic-go server would ignore the new
+	// path, so the client reconnects right away instead.
+	mon.set("127.0.0.4", 4, false)
+	waitForCond(t, "a reconnect", 10*time.Second, func() bool { return tc.client.reconnects.Load() == 1 })
+	pingOnce(t, tc.net, gw)
+
+	// No route: paused; packets are dropped and counted, not sent.
+	mon.set("127.0.0.4", 4, true)
+	waitForCond(t, "the pause", 10*time.Second, func() bool {
+		c, err := tc.net.DialUDPAddrPort(netip.AddrPort{}, netip.AddrPortFrom(gw, 9))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("x"))
+		time.Sleep(20 * time.Millisecond)
+		return tc.client.stats.DropNoLink.Load() > 0
+	})
+	// The same path is back: resumed without another migration.
+	mon.set("127.0.0.4", 4, false)
+	pingOnce(t, tc.net, gw)
+	if m, r := tc.client.migrations.Load(), tc.client.reconnects.Load(); m != 2 || r != 1 {
+		t.Fatalf("migrations %d reconnects %d, want 2 and 1", m, r)
+	}
+}
+
+func TestLiveness(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	rtt := quic.ConnectionStats{SmoothedRTT: 10 * time.Millisecond}
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	for _, tt := range []struct {
+		name  string
+		steps []struct {
+			ms       int
+			recv, tx uint64
+		}
+		stalled bool
+	}{
+		{"idle", []struct {
+			ms       int
+			recv, tx uint64
+		}{{250, 0, 0}, {5000, 0, 0}, {60000, 0, 0}}, false},
+		{"answered", []struct {
+			ms       int
+			recv, tx uint64
+		}{{250, 0, 5}, {1000, 3, 9}, {2000, 4, 20}, {3000, 9, 30}}, false},
+		{"sent, no answer", []struct {
+			ms       int
+			recv, tx uint64
+		}{{250, 0, 5}, {1000, 0, 6}, {1800, 0, 6}}, true},
+		{"sent after a long idle, too recent", []struct {
+			ms       int
+			recv, tx uint64
+		}{{60000, 0, 1}, {60250, 0, 2}}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var lv liveness
+			lv.reset(t0, rtt, 0)
+			stalled := false
+			for _, s := range tt.steps {
+				cs := rtt
+				cs.PacketsReceived = s.recv
+				_, stalled = lv.check(at(s.ms), cs, s.tx)
+			}
+			if stalled != tt.stalled {
+				t.Fatalf("stalled = %v, want %v", stalled, tt.stalled)
+			}
+		})
 	}
 }

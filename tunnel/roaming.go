@@ -32,6 +32,12 @@ const (
 	// the client prefers a fresh connection to another migration (quic-go
 	// keeps every one of them open until the connection ends).
 	maxPaths = 8
+	// A quic-go server tracks at most 3 paths per connection and ignores
+	// a new one while its oldest path saw a packet within the last 5 s
+	// (path_manager.go, maxPaths and pathTimeout): after 2 migrations in
+	// serverPathWindow a third would never validate, so the client
+	// reconnects instead of trying.
+	serverPathWindow, maxRecentMigrations = 5 * time.Second, 2
 	// Reconnect backoff: the first retry after minBackoff, doubling up to
 	// maxBackoff while the outage is young, maxBackoffLate after
 	// lateOutage, each with jitter.
@@ -207,6 +213,15 @@ func (s *supervisor) migrate(ctx context.Context, l *link, reason string, to net
 	if l.numPaths() >= maxPaths {
 		return lost("%s; this connection has used %d paths already", reason, maxPaths)
 	}
+	recent := 0
+	for _, t := range l.migrated {
+		if start.Sub(t) < serverPathWindow {
+			recent++
+		}
+	}
+	if recent >= maxRecentMigrations {
+		return lost("%s; %d path changes within %v already, more than the server tracks", reason, recent, serverPathWindow)
+	}
 	tr, err := c.addSocket(l)
 	if err != nil {
 		return lost("%s; migration failed: %v", reason, err)
@@ -232,7 +247,15 @@ func (s *supervisor) migrate(ctx context.Context, l *link, reason string, to net
 		return lost("%s; the new path did not validate within %v: %v", reason, timeout, err)
 	}
 	s.setLink(l.dl)
+	if l.qpath != nil {
+		// Abandoning the previous path retires its connection ID, so the
+		// server can issue a fresh one for the next migration (it keeps
+		// only a few active). Its socket stays open (see addSocket).
+		l.qpath.Close()
+	}
+	l.qpath = path
 	l.path = to
+	l.migrated = append(l.migrated, start)
 	c.migrations.Add(1)
 	c.log.Info("path changed", "reason", reason, "local", tr.Conn.LocalAddr(), "took", time.Since(start).Round(time.Microsecond))
 	return nil
