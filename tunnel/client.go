@@ -218,11 +218,11 @@ func (c *Client) Run(ctx context.Context) error {
 	s.pump = &datagram.Pump{
 		Dev: dev,
 		Allow: func(p *datagram.Packet) datagram.DropReason {
-			s := s.state.Load()
-			if !s.ownsSource(p.Src) {
+			st := s.state.Load()
+			if !st.ownsSource(p.Src) {
 				return datagram.DropReasonSrc
 			}
-			if !s.routes.allows(p.Dst, p.Proto) {
+			if !st.routes.allows(p.Dst, p.Proto) {
 				return datagram.DropReasonDst
 			}
 			return datagram.NoDrop
