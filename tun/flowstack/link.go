@@ -1,0 +1,265 @@
+package flowstack
+
+import (
+	"errors"
+	"net"
+	"os"
+	"sync/atomic"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/roamvpn/roam/datagram"
+)
+
+// outItem is one packet waiting for the device writer: a gVisor packet
+// (one reference held) or a packet the Stack built (an ICMP error).
+type outItem struct {
+	pkb *stack.PacketBuffer
+	raw []byte
+}
+
+func (it outItem) release() {
+	if it.pkb != nil {
+		it.pkb.DecRef()
+	}
+}
+
+// size returns the packet's length.
+func (it outItem) size() int {
+	if it.pkb != nil {
+		return it.pkb.Size()
+	}
+	return len(it.raw)
+}
+
+// copyTo copies the whole packet to dst, which must be large enough.
+func (it outItem) copyTo(dst []byte) int {
+	if it.pkb == nil {
+		return copy(dst, it.raw)
+	}
+	views, off := it.pkb.AsViewList()
+	n := 0
+	for v := views.Front(); v != nil; v = v.Next() {
+		b := v.AsSlice()
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		n += copy(dst[n:], b[off:])
+		off = 0
+	}
+	return n
+}
+
+// link is the gVisor link endpoint: Stack.Read hands packets read from the
+// device to the dispatcher, and the stack's output is queued (without
+// blocking gVisor) for the device writer goroutine. No link header and no
+// TX offloads: every packet the stack writes is a whole IP packet of at most
+// mtu bytes with its checksums computed.
+type link struct {
+	mtu   uint32
+	q     chan outItem
+	done  chan struct{} // closed by close: the writer exits
+	drops *atomic.Uint64
+
+	closed  atomic.Bool                   // set by close: WritePackets refuses
+	stopped atomic.Bool                   // set by stopInbound: nothing more is delivered
+	disp    atomic.Pointer[dispatcherRef] // nil when detached
+}
+
+type dispatcherRef struct{ d stack.NetworkDispatcher }
+
+var _ stack.LinkEndpoint = (*link)(nil)
+
+func newLink(mtu uint32, queueLen int, drops *atomic.Uint64) *link {
+	return &link{mtu: mtu, q: make(chan outItem, queueLen), done: make(chan struct{}), drops: drops}
+}
+
+// dispatcher returns the stack's dispatcher, or nil when packets must not
+// be delivered (detached, or the Stack is closing).
+func (l *link) dispatcher() stack.NetworkDispatcher {
+	if l.stopped.Load() {
+		return nil
+	}
+	if r := l.disp.Load(); r != nil {
+		return r.d
+	}
+	return nil
+}
+
+// stopInbound makes dispatcher return nil from now on (Close).
+func (l *link) stopInbound() { l.stopped.Store(true) }
+
+// enqueue queues it for the writer without blocking; if the queue is full
+// or the link closed, the packet is dropped (and counted when full).
+func (l *link) enqueue(it outItem) {
+	if l.closed.Load() {
+		it.release()
+		return
+	}
+	select {
+	case l.q <- it:
+	default:
+		l.drops.Add(1)
+		it.release()
+	}
+}
+
+// close stops the writer and drops what is queued; it is idempotent.
+func (l *link) close() {
+	if l.closed.Swap(true) {
+		return
+	}
+	close(l.done)
+}
+
+// drain releases the queued packets (called by the exiting writer).
+func (l *link) drain() {
+	for {
+		select {
+		case it := <-l.q:
+			it.release()
+		default:
+			return
+		}
+	}
+}
+
+// WritePackets implements stack.LinkWriter: it queues a reference to each
+// packet. Packets that do not fit the queue are dropped, as by a lossy
+// link; TCP retransmits them.
+func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	if l.closed.Load() {
+		return 0, &tcpip.ErrClosedForSend{}
+	}
+	all := pkts.AsSlice()
+	for _, pkb := range all {
+		l.enqueue(outItem{pkb: pkb.IncRef()})
+	}
+	return len(all), nil
+}
+
+// MTU implements stack.NetworkLinkEndpoint.
+func (l *link) MTU() uint32 { return l.mtu }
+
+// SetMTU implements stack.NetworkLinkEndpoint; the MTU is fixed.
+func (l *link) SetMTU(uint32) {}
+
+// MaxHeaderLength implements stack.NetworkLinkEndpoint: no link header.
+func (l *link) MaxHeaderLength() uint16 { return 0 }
+
+// LinkAddress implements stack.NetworkLinkEndpoint: no link address.
+func (l *link) LinkAddress() tcpip.LinkAddress { return "" }
+
+// SetLinkAddress implements stack.NetworkLinkEndpoint (no-op).
+func (l *link) SetLinkAddress(tcpip.LinkAddress) {}
+
+// Capabilities implements stack.NetworkLinkEndpoint: no neighbour
+// resolution, and gVisor computes the checksums of what it sends. It claims
+// RX checksum offload, which gVisor's GRO needs (see Stack.divert).
+func (l *link) Capabilities() stack.LinkEndpointCapabilities {
+	return stack.CapabilityRXChecksumOffload
+}
+
+// Attach implements stack.NetworkLinkEndpoint.
+func (l *link) Attach(d stack.NetworkDispatcher) {
+	if d == nil {
+		l.disp.Store(nil)
+		return
+	}
+	l.disp.Store(&dispatcherRef{d})
+}
+
+// IsAttached implements stack.NetworkLinkEndpoint.
+func (l *link) IsAttached() bool { return l.disp.Load() != nil }
+
+// Wait implements stack.NetworkLinkEndpoint; the writer goroutine belongs
+// to the Stack, which waits for it.
+func (l *link) Wait() {}
+
+// ARPHardwareType implements stack.NetworkLinkEndpoint.
+func (l *link) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
+
+// AddHeader implements stack.NetworkLinkEndpoint (no link header).
+func (l *link) AddHeader(*stack.PacketBuffer) {}
+
+// ParseHeader implements stack.NetworkLinkEndpoint (no link header).
+func (l *link) ParseHeader(*stack.PacketBuffer) bool { return true }
+
+// Close implements stack.NetworkLinkEndpoint (NIC removal); the Stack
+// stops the writer itself.
+func (l *link) Close() {}
+
+// SetOnCloseAction implements stack.NetworkLinkEndpoint (unused).
+func (l *link) SetOnCloseAction(func()) {}
+
+// deviceWriter is the goroutine that writes gVisor's packets to the
+// device: it waits for one, takes whatever else is queued up to
+// BatchSize, copies them at offset datagram.Headroom into large buffers
+// (so a Linux TUN can coalesce them) and writes them with one Dev.Write,
+// under devMu.
+func (s *Stack) deviceWriter() {
+	defer s.writerWG.Done()
+	s.log.Debug("device writer started")
+	defer s.log.Debug("device writer stopped")
+	l := s.link
+	defer l.drain()
+
+	batch := max(s.dev.BatchSize(), 1)
+	arrs := make([]*[datagram.LargeBufSize]byte, batch)
+	for i := range arrs {
+		arrs[i] = datagram.GetLargeBuf()
+	}
+	defer func() {
+		for _, a := range arrs {
+			datagram.PutLargeBuf(a)
+		}
+	}()
+	bufs := make([][]byte, batch)
+	for {
+		var it outItem
+		select {
+		case <-l.done:
+			return
+		case it = <-l.q:
+		}
+		n := 0
+		for {
+			if it.size() <= datagram.LargeBufSize-datagram.Headroom {
+				a := arrs[n]
+				clear(a[:datagram.Headroom])
+				k := it.copyTo(a[datagram.Headroom:])
+				bufs[n] = a[:datagram.Headroom+k]
+				n++
+			}
+			it.release()
+			if n == batch {
+				break
+			}
+			var more bool
+			select {
+			case it, more = <-l.q:
+			default:
+			}
+			if !more {
+				break
+			}
+		}
+		if n == 0 {
+			continue
+		}
+		s.devMu.Lock()
+		_, err := s.dev.Write(bufs[:n], datagram.Headroom)
+		s.devMu.Unlock()
+		clear(bufs[:n])
+		s.cnt.out.Add(uint64(n))
+		if err != nil {
+			if errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.cnt.writeErr.Add(1)
+		}
+	}
+}
