@@ -19,6 +19,7 @@ import (
 
 	"github.com/roamvpn/roam/auth"
 	"github.com/roamvpn/roam/datagram"
+	"github.com/roamvpn/roam/tunnel/flow"
 )
 
 // DeviceConfig is what a client's tunnel device is created with, once the
@@ -70,6 +71,16 @@ type ClientConfig struct {
 	// reconnects. The client closes the device (which must undo any host
 	// configuration) when Run ends.
 	NewDevice func(DeviceConfig) (datagram.Device, error)
+	// FlowDevice, if set, turns on flow mode: each TCP connection is
+	// carried as its own QUIC stream (an HTTP/3 CONNECT to its
+	// destination, which the server dials) instead of as packets.
+	// FlowDevice wraps the tunnel device in a userspace TCP terminator
+	// (tun/flowstack.New) that calls open for every TCP connection the
+	// host opens and passes every other packet through; the wrapper owns
+	// dev. Everything that is not TCP still goes as CONNECT-IP datagrams.
+	// Flows survive migrations but not a reconnect (their streams belong
+	// to the lost connection). Nil: packet mode.
+	FlowDevice func(dev datagram.Device, mtu int, open OpenFlow) (datagram.Device, error)
 	// SetupTimeout bounds the first dial and tunnel setup; zero means
 	// DefaultSetupTimeout. Reconnects retry without a bound until Run's
 	// context ends or the server refuses for good.
@@ -79,6 +90,11 @@ type ClientConfig struct {
 	// Logger receives connection-level events. Nil means silent.
 	Logger *slog.Logger
 }
+
+// OpenFlow opens one flow from src to dst (both as the host's TCP saw
+// them) and returns its stream once the server has connected, or a
+// *flow.Error saying why not.
+type OpenFlow func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error)
 
 // NetworkMonitor reports changes of the host's network (tun.Monitor on
 // Linux).
@@ -200,21 +216,30 @@ func (c *Client) Run(ctx context.Context) error {
 		return fmt.Errorf("none of the requested routes %v is in the server's advertisement", c.cfg.Routes)
 	}
 	info := Info{Server: c.cfg.Server, Addresses: prefixes, Routes: st.routes.prefixes(), MTU: TunnelMTU}
+	s := &supervisor{c: c, linkErr: make(chan *datagram.Link, 1), pumpDone: make(chan error, 1)}
+	s.state.Store(st)
 	dev, err := c.cfg.NewDevice(DeviceConfig{Addresses: info.Addresses, Routes: info.Routes, MTU: info.MTU})
 	if err != nil {
 		l.close("device failed")
 		return fmt.Errorf("creating the tunnel device: %w", err)
 	}
+	mode := "packet"
+	if c.cfg.FlowDevice != nil {
+		// The wrapper owns the device from here on (and closes it).
+		if dev, err = c.cfg.FlowDevice(dev, info.MTU, s.openFlow); err != nil {
+			l.close("device failed")
+			return fmt.Errorf("starting flow mode: %w", err)
+		}
+		mode = "flow"
+	}
 	dev = &closeOnceDevice{Device: dev}
 	defer dev.Close()
 	c.log.Info("tunnel up", "server", c.cfg.Server, "addresses", info.Addresses, "routes", info.Routes,
-		"mtu", info.MTU, "setup", time.Since(start).Round(time.Millisecond))
+		"mtu", info.MTU, "mode", mode, "setup", time.Since(start).Round(time.Millisecond))
 	if c.cfg.OnReady != nil {
 		c.cfg.OnReady(info)
 	}
 
-	s := &supervisor{c: c, linkErr: make(chan *datagram.Link, 1), pumpDone: make(chan error, 1)}
-	s.state.Store(st)
 	s.pump = &datagram.Pump{
 		Dev: dev,
 		Allow: func(p *datagram.Packet) datagram.DropReason {
@@ -238,6 +263,7 @@ func (c *Client) Run(ctx context.Context) error {
 		},
 	}
 	s.pump.SetLink(l.dl)
+	s.setCurrent(l)
 
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)

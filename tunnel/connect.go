@@ -26,6 +26,7 @@ import (
 // the link on reconnect; the device and the pump stay.
 type link struct {
 	conn     *quic.Conn
+	cc       *http3.ClientConn // opens flow streams
 	str      *http3.RequestStream
 	rd       *capsule.Reader
 	dl       *datagram.Link
@@ -211,6 +212,7 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 		return fmt.Errorf("sending ADDRESS_REQUEST: %w", err)
 	}
 	l.str = str // from here on, link.close cancels it
+	l.cc = cc
 
 	if early {
 		select {

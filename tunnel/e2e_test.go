@@ -44,6 +44,9 @@ type testServerOpts struct {
 	cert   tls.Certificate // the same certificate (and pin) as before
 	secret []byte
 	grace  time.Duration
+	// gatewayLoopback maps flows to the gateway to loopback, as the
+	// userspace NAT does for packets.
+	gatewayLoopback bool
 }
 
 func startTestServer(t *testing.T, routes []netip.Prefix) *testServer {
@@ -93,6 +96,8 @@ func startTestServerWith(t *testing.T, o testServerOpts) *testServer {
 		Secret:     o.secret,
 		LeaseGrace: o.grace,
 		Logger:     testLogger(t),
+
+		GatewayLoopback: o.gatewayLoopback,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -56,6 +57,33 @@ type supervisor struct {
 	pumpDone chan error
 	paused   bool // no route to the server: the pump has no link
 	lastRTT  time.Duration
+
+	// cur is the link carrying the tunnel now (nil while reconnecting),
+	// for flows; curMu/curCh signal its changes.
+	cur   atomic.Pointer[link]
+	curMu sync.Mutex
+	curCh chan struct{} // guarded by curMu; closed at every change of cur
+}
+
+// setCurrent publishes the link flows open their streams on.
+func (s *supervisor) setCurrent(l *link) {
+	s.curMu.Lock()
+	defer s.curMu.Unlock()
+	s.cur.Store(l)
+	if s.curCh != nil {
+		close(s.curCh)
+	}
+	s.curCh = make(chan struct{})
+}
+
+// curChanged returns a channel closed at the next change of cur.
+func (s *supervisor) curChanged() <-chan struct{} {
+	s.curMu.Lock()
+	defer s.curMu.Unlock()
+	if s.curCh == nil {
+		s.curCh = make(chan struct{})
+	}
+	return s.curCh
 }
 
 // errLost is returned by serve when the link is gone but the tunnel can
@@ -81,6 +109,7 @@ func (s *supervisor) run(ctx context.Context, l *link) error {
 			return err
 		}
 		s.setLink(nil)
+		s.setCurrent(nil)
 		l.close("reconnecting: " + le.reason)
 		c.log.Warn("connection lost", "reason", le.reason)
 		lostAt := time.Now()
@@ -95,6 +124,7 @@ func (s *supervisor) run(ctx context.Context, l *link) error {
 		c.reconnects.Add(1)
 		s.adopt(l)
 		s.setLink(l.dl)
+		s.setCurrent(l)
 		cs := l.conn.ConnectionState()
 		c.log.Info("reconnected", "reason", le.reason, "took", time.Since(lostAt).Round(time.Millisecond),
 			"attempts", attempts, "resumed", cs.TLS.DidResume, "0rtt", cs.Used0RTT, "addresses", s.state.Load().addrs)

@@ -25,6 +25,7 @@ import (
 	"github.com/roamvpn/roam/auth"
 	"github.com/roamvpn/roam/datagram"
 	"github.com/roamvpn/roam/tunnel/addrpool"
+	"github.com/roamvpn/roam/tunnel/flow"
 )
 
 // ServerConfig configures a Server.
@@ -62,6 +63,15 @@ type ServerConfig struct {
 	// connections through the userspace NAT survive. Zero means
 	// DefaultLeaseGrace; negative means no grace period.
 	LeaseGrace time.Duration
+	// MaxFlows bounds the flows (TCP connections carried as streams) one
+	// client connection may have open at once; further ones wait, and
+	// beyond a backlog are refused. Zero means DefaultMaxFlows.
+	MaxFlows int
+	// GatewayLoopback maps flows to the pools' gateway addresses to the
+	// host's loopback (127.0.0.1, ::1), as the userspace NAT does for
+	// packets. Otherwise they are dialed as they are (the kernel TUN holds
+	// those addresses).
+	GatewayLoopback bool
 	// Logger receives session-level events. Nil means silent.
 	Logger *slog.Logger
 }
@@ -85,6 +95,14 @@ type ServerStats struct {
 	// SendErrors counts datagrams that failed to send for a reason other
 	// than size (the connection was closing).
 	SendErrors atomic.Uint64
+	// FlowsTotal counts flows opened; FlowsActive is the number open now;
+	// FlowsRefused counts flow requests answered with an error.
+	FlowsTotal   atomic.Uint64
+	FlowsActive  atomic.Int64
+	FlowsRefused atomic.Uint64
+	// FlowBytesUp and FlowBytesDown count flow payload bytes from and to
+	// the clients.
+	FlowBytesUp, FlowBytesDown atomic.Uint64
 }
 
 // Server is a Roam CONNECT-IP server: one HTTP/3 endpoint on one UDP
@@ -93,6 +111,7 @@ type Server struct {
 	cfg    ServerConfig
 	log    *slog.Logger
 	keys   *serverKeys
+	dialer flow.Dialer
 	routes routeSet
 	writer *datagram.Writer
 	h3     *http3.Server
@@ -130,6 +149,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.LeaseGrace == 0 {
 		cfg.LeaseGrace = DefaultLeaseGrace
 	}
+	if cfg.MaxFlows <= 0 {
+		cfg.MaxFlows = DefaultMaxFlows
+	}
 	keys, err := newServerKeys(cfg.Secret)
 	if err != nil {
 		return nil, err
@@ -145,6 +167,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		routes: routesFromPrefixes(cfg.Routes),
 		ready:  make(chan struct{}),
 	}
+	s.dialer = flow.Dialer{Allow: s.flowAllow, Dial: s.flowDial}
 	s.writer = datagram.NewWriter(cfg.Device, &s.stats.Stats, 4096)
 	empty := map[netip.Addr]*session{}
 	s.table.Store(&empty)
@@ -242,7 +265,14 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 
 // connState is the per-QUIC-connection state the handler needs.
 type connState struct {
-	conn *quic.Conn
+	conn      *quic.Conn
+	flowsOnce sync.Once
+	flows     *flow.Limiter // the connection's flow slots, made on first use
+}
+
+func (cs *connState) flowLimiter(max int) *flow.Limiter {
+	cs.flowsOnce.Do(func() { cs.flows = flow.NewLimiter(max, maxFlowWaiters) })
+	return cs.flows
 }
 
 func (s *Server) serveConn(ctx context.Context, conn *quic.Conn) {
@@ -320,6 +350,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodConnect && r.Proto == "connect-ip":
 		s.handleConnectIP(w, r)
+	case r.Method == http.MethodConnect && !strings.HasPrefix(r.Proto, "HTTP/"):
+		// Extended CONNECT for a protocol Roam does not speak.
+		http.Error(w, fmt.Sprintf("unsupported CONNECT protocol %q", r.Proto), http.StatusNotImplemented)
+	case r.Method == http.MethodConnect:
+		s.handleFlow(w, r)
 	case r.Method == http.MethodGet && r.URL.Path == "/healthz":
 		w.Header().Set("Content-Type", "text/plain")
 		fmt.Fprintln(w, "ok")
@@ -381,14 +416,8 @@ func (s *Server) scopeRoutes(r *http.Request) (routeSet, error) {
 
 func (s *Server) handleConnectIP(w http.ResponseWriter, r *http.Request) {
 	remote := r.RemoteAddr
-	token, ok := auth.ParseBearer(r.Header.Get("Authorization"))
-	var owner string
-	if ok {
-		owner, ok = s.cfg.Tokens.Verify(token)
-	}
+	owner, ok := s.authenticate(r)
 	if !ok {
-		s.stats.AuthFailures.Add(1)
-		s.log.Info("rejected tunnel request: bad or missing token", "remote", remote)
 		w.WriteHeader(http.StatusUnauthorized)
 		return
 	}
@@ -443,6 +472,20 @@ func (s *Server) handleConnectIP(w http.ResponseWriter, r *http.Request) {
 	sess := newSession(s, cs, str, owner, routes)
 	sess.addrs.Store(&addrSet{v4: a4, v6: a6})
 	sess.run(sctx, remote)
+}
+
+// authenticate checks the request's bearer token and returns its owner
+// (the token ID). A failure is counted and logged.
+func (s *Server) authenticate(r *http.Request) (owner string, ok bool) {
+	token, ok := auth.ParseBearer(r.Header.Get("Authorization"))
+	if ok {
+		owner, ok = s.cfg.Tokens.Verify(token)
+	}
+	if !ok {
+		s.stats.AuthFailures.Add(1)
+		s.log.Info("rejected request: bad or missing token", "remote", r.RemoteAddr, "method", r.Method, "protocol", r.Proto)
+	}
+	return owner, ok
 }
 
 // setAddrsLocked points the table at sess for its current addresses and

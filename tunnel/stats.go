@@ -41,6 +41,8 @@ func serverCounterAttrs(st *ServerStats) []slog.Attr {
 		{"sessions_total", &st.SessionsTotal}, {"auth_failures", &st.AuthFailures},
 		{"drop_no_session", &st.DropNoSession}, {"capsule_errors", &st.CapsuleErrors},
 		{"device_read_errors", &st.DeviceReadErrors},
+		{"flows_total", &st.FlowsTotal}, {"flows_refused", &st.FlowsRefused},
+		{"flow_bytes_up", &st.FlowBytesUp}, {"flow_bytes_down", &st.FlowBytesDown},
 	} {
 		if v := c.v.Load(); v != 0 {
 			out = append(out, slog.Uint64(c.name, v))

@@ -13,6 +13,7 @@ import (
 	"github.com/roamvpn/roam/auth"
 	"github.com/roamvpn/roam/datagram"
 	"github.com/roamvpn/roam/tun"
+	"github.com/roamvpn/roam/tun/flowstack"
 	"github.com/roamvpn/roam/tunnel"
 )
 
@@ -27,6 +28,7 @@ type clientFlags struct {
 	table     int
 	logLevel  string
 	debug     string
+	mode      string
 }
 
 func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, error) {
@@ -40,6 +42,7 @@ func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, erro
 	fs.StringVar(&f.tunName, "tun", "roam0", "TUN device `NAME`")
 	fs.UintVar(&f.mark, "mark", uint(tun.DefaultMark), "socket `MARK` that keeps the tunnel's own UDP socket out of the tunnel")
 	fs.IntVar(&f.table, "table", tun.DefaultTable, "routing `TABLE` for the tunnel routes")
+	fs.StringVar(&f.mode, "mode", "packet", "`MODE`: packet (every IP packet as a datagram) or flow (each TCP connection as its own QUIC stream, the rest as datagrams)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
 	fs.StringVar(&f.debug, "debug", "", "serve pprof and counters on this loopback `HOST:PORT` (off by default)")
 	help, err := parseFlags(fs, args, stdout)
@@ -73,6 +76,9 @@ func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, erro
 	}
 	if f.tunName == "" || len(f.tunName) > 15 {
 		return nil, false, usagef("client: invalid value %q for flag --tun: expected an interface name of 1-15 characters", f.tunName)
+	}
+	if f.mode != "packet" && f.mode != "flow" {
+		return nil, false, usagef("client: invalid value %q for flag --mode: expected packet or flow", f.mode)
 	}
 	if f.mark == 0 || f.mark > 0xffffffff {
 		return nil, false, usagef("client: invalid value %d for flag --mark: expected 1..4294967295", f.mark)
@@ -120,6 +126,11 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	cfg.NewDevice = func(dc tunnel.DeviceConfig) (datagram.Device, error) {
 		return clientDevice(f, dc)
+	}
+	if f.mode == "flow" {
+		cfg.FlowDevice = func(dev datagram.Device, mtu int, open tunnel.OpenFlow) (datagram.Device, error) {
+			return flowstack.New(flowstack.Config{Dev: dev, MTU: mtu, Connect: open, Logger: log})
+		}
 	}
 	c, err := tunnel.NewClient(cfg)
 	if err != nil {

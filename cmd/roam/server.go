@@ -199,6 +199,9 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		Device: dev,
 		Secret: secret,
 		Logger: log,
+		// Flows to the gateway reach the host's loopback in userspace
+		// mode, as packets do there.
+		GatewayLoopback: f.nat == "userspace",
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,118 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/roamvpn/roam/datagram"
+	"github.com/roamvpn/roam/tun/flowstack"
+)
+
+// TestFlowMode: TCP through flow mode (client flowstack, one HTTP/3 CONNECT
+// stream per connection, server dial and splice): 50 concurrent
+// connections of 1 MB each way byte-exact, each half-closing its sending
+// side and still reading the reply; a refused port is refused at once;
+// ping (a datagram) still works in the same session.
+func TestFlowMode(t *testing.T) {
+	ts := startTestServerWith(t, testServerOpts{gatewayLoopback: true})
+	tc, err := startTestClient(t, ts, func(c *ClientConfig) {
+		c.FlowDevice = func(dev datagram.Device, mtu int, open OpenFlow) (datagram.Device, error) {
+			return flowstack.New(flowstack.Config{Dev: dev, MTU: mtu, Connect: open, Logger: c.Logger})
+		}
+	})
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	gw := netip.MustParseAddr("100.96.0.1")
+
+	// An echo service on the server host's loopback, reached through the
+	// gateway address: it returns every byte, then closes after the
+	// client's FIN.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+
+	t.Run("50x1MB", func(t *testing.T) {
+		const flows, size = 50, 1 << 20
+		var wg sync.WaitGroup
+		errs := make(chan error, flows)
+		start := time.Now()
+		for i := range flows {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+				defer cancel()
+				c, err := tc.net.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(gw, port))
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(90 * time.Second))
+				payload := make([]byte, size)
+				rand.Read(payload)
+				go func() {
+					c.Write(payload)
+					c.CloseWrite() // half-close: the reply still comes
+				}()
+				got, err := io.ReadAll(c)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if !bytes.Equal(got, payload) {
+					errs <- errors.New("flow " + string(rune('A'+i%26)) + ": echo differs")
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		t.Logf("%d flows × 1 MB each way in %v", flows, time.Since(start))
+		if n := ts.srv.Stats().FlowsTotal.Load(); n < flows {
+			t.Errorf("server counted %d flows, want %d", n, flows)
+		}
+	})
+
+	t.Run("refused", func(t *testing.T) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		closed := uint16(l.Addr().(*net.TCPAddr).Port)
+		l.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err = tc.net.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(gw, closed))
+		if !errors.Is(err, syscall.ECONNREFUSED) && (err == nil || !bytes.Contains([]byte(err.Error()), []byte("refused"))) {
+			t.Fatalf("dial to a closed port: %v, want connection refused", err)
+		}
+	})
+
+	t.Run("ping", func(t *testing.T) { pingOnce(t, tc.net, gw) })
+}
