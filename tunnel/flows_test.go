@@ -7,7 +7,10 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
+	"net/url"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -115,4 +118,51 @@ func TestFlowMode(t *testing.T) {
 	})
 
 	t.Run("ping", func(t *testing.T) { pingOnce(t, tc.net, gw) })
+}
+
+// TestFlowPolicy: the server refuses flows it must not dial, with the
+// status and Proxy-Status the client maps to a local outcome.
+func TestFlowPolicy(t *testing.T) {
+	ts := startTestServerWith(t, testServerOpts{routes: []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16"), netip.MustParsePrefix("100.96.0.0/24")}})
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := linkOn(t, pc, ts.addr, ts.pin)
+	for _, tt := range []struct {
+		name, authority, token string
+		status                 int
+		proxyStatus            string
+	}{
+		{"outside the routes", "192.0.2.1:80", testToken, 502, "error=destination_ip_prohibited"},
+		{"loopback", "127.0.0.1:22", testToken, 502, "error=destination_ip_prohibited"},
+		{"link-local metadata", "169.254.169.254:80", testToken, 502, "error=destination_ip_prohibited"},
+		{"not an address", "example.com:80", testToken, 400, ""},
+		{"wrong token", "10.99.0.1:80", "wrong", 401, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			str, err := l.cc.OpenRequestStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer str.CancelRead(0)
+			req := &http.Request{Method: http.MethodConnect, Host: tt.authority, URL: &url.URL{Host: tt.authority},
+				Header: http.Header{"Authorization": {"Bearer " + tt.token}}}
+			if err := str.SendRequestHeader(req); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := str.ReadResponse()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != tt.status || !strings.Contains(resp.Header.Get("Proxy-Status"), tt.proxyStatus) {
+				t.Fatalf("HTTP %d, Proxy-Status %q; want %d and %q", resp.StatusCode, resp.Header.Get("Proxy-Status"), tt.status, tt.proxyStatus)
+			}
+		})
+	}
+	if n := ts.srv.Stats().FlowsTotal.Load(); n != 0 {
+		t.Fatalf("FlowsTotal = %d", n)
+	}
 }

@@ -274,128 +274,142 @@ func TestNetnsKernelNAT(t *testing.T) {
 	srv := tp.start(tp.s, bin, "server", "--listen", "10.231.1.1:4433", "--state-dir", state, "--tokens", tokFile)
 	waitFor(t, "the server's client line", 10*time.Second, func() bool { return strings.Contains(srv.out.String(), "roam client --server") })
 	pin := strings.TrimSpace(string(must(os.ReadFile(filepath.Join(state, "pin")))))
-	cli := tp.start(tp.c, bin, "client", "--server", "10.231.1.1:4433", "--token", testToken, "--pin", pin)
-	waitFor(t, "the client's tunnel", 10*time.Second, func() bool {
-		out, _ := exec.Command("ip", "-n", tp.c, "-o", "addr", "show", "dev", "roam0").Output()
-		return strings.Contains(string(out), "100.96.") && strings.Contains(cli.out.String(), "tunnel up")
-	})
-	// The client's tunnel address, for the NAT check below.
-	addrOut := run(t, "ip", "-n", tp.c, "-o", "-4", "addr", "show", "dev", "roam0")
-	tunAddr := strings.Split(strings.Fields(addrOut)[3], "/")[0]
+	// The same checks in both client modes: packet (everything as
+	// datagrams) and flow (TCP as streams the server dials, the rest as
+	// datagrams).
+	for _, mode := range []string{"packet", "flow"} {
+		ok := t.Run(mode, func(t *testing.T) {
+			cli := tp.start(tp.c, bin, "client", "--server", "10.231.1.1:4433", "--token", testToken, "--pin", pin, "--mode", mode)
+			waitFor(t, "the client's tunnel", 10*time.Second, func() bool {
+				out, _ := exec.Command("ip", "-n", tp.c, "-o", "addr", "show", "dev", "roam0").Output()
+				return strings.Contains(string(out), "100.96.") && strings.Contains(cli.out.String(), "tunnel up")
+			})
+			// The client's tunnel address, for the NAT check below.
+			addrOut := run(t, "ip", "-n", tp.c, "-o", "-4", "addr", "show", "dev", "roam0")
+			tunAddr := strings.Split(strings.Fields(addrOut)[3], "/")[0]
 
-	t.Run("ping4", func(t *testing.T) {
-		run(t, "ip", "netns", "exec", tp.c, "ping", "-c", "3", "-i", "0.2", "-W", "3", "10.231.2.2")
-	})
-	t.Run("ping6", func(t *testing.T) {
-		run(t, "ip", "netns", "exec", tp.c, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "3", "fd31:2::2")
-	})
-	t.Run("http-50MB", func(t *testing.T) {
-		var conn net.Conn
-		tp.in(tp.c, func() {
-			conn, err = net.DialTimeout("tcp", "10.231.2.2:8080", 10*time.Second)
+			t.Run("ping4", func(t *testing.T) {
+				run(t, "ip", "netns", "exec", tp.c, "ping", "-c", "3", "-i", "0.2", "-W", "3", "10.231.2.2")
+			})
+			t.Run("ping6", func(t *testing.T) {
+				run(t, "ip", "netns", "exec", tp.c, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "3", "fd31:2::2")
+			})
+			t.Run("http-50MB", func(t *testing.T) {
+				var conn net.Conn
+				tp.in(tp.c, func() {
+					conn, err = net.DialTimeout("tcp", "10.231.2.2:8080", 10*time.Second)
+				})
+				if err != nil {
+					t.Fatalf("dial through the tunnel: %v", err)
+				}
+				defer conn.Close()
+				conn.SetDeadline(time.Now().Add(120 * time.Second))
+				fmt.Fprintf(conn, "GET /big HTTP/1.1\r\nHost: inet\r\nConnection: close\r\n\r\n")
+				start := time.Now()
+				resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				h := sha256.New()
+				n, err := io.Copy(h, resp.Body)
+				if err != nil {
+					t.Fatalf("after %d bytes: %v", n, err)
+				}
+				if n != size || !bytes.Equal(h.Sum(nil), want) {
+					t.Fatalf("got %d bytes, sha256 %x; want %d bytes %x", n, h.Sum(nil), size, want)
+				}
+				t.Logf("50 MB in %v (%.0f Mbit/s)", time.Since(start), float64(size*8)/time.Since(start).Seconds()/1e6)
+				mu.Lock()
+				defer mu.Unlock()
+				for _, s := range seen {
+					if !strings.HasPrefix(s, "10.231.2.1:") {
+						t.Fatalf("the inet host saw %s, want the server's address 10.231.2.1 (tunnel address %s)", s, tunAddr)
+					}
+				}
+			})
+			t.Run("udp-echo", func(t *testing.T) {
+				for _, dst := range []string{"10.231.2.2:7007", "[fd31:2::2]:7007"} {
+					var c net.Conn
+					tp.in(tp.c, func() { c, err = net.Dial("udp", dst) })
+					if err != nil {
+						t.Fatal(err)
+					}
+					c.SetDeadline(time.Now().Add(5 * time.Second))
+					msg := "echo via " + dst
+					c.Write([]byte(msg))
+					buf := make([]byte, 100)
+					n, err := c.Read(buf)
+					c.Close()
+					if err != nil || string(buf[:n]) != msg {
+						t.Fatalf("udp echo %s: %q, %v", dst, buf[:n], err)
+					}
+					got := <-udpSeen
+					if !strings.HasPrefix(got, "10.231.2.1:") && !strings.HasPrefix(got, "[fd31:2::1]:") {
+						t.Fatalf("the inet host saw %q, want the server's address", got)
+					}
+				}
+			})
+			t.Run("spoofed-source", func(t *testing.T) {
+				if mode != "packet" {
+					t.Skip("a property of the server; checked once, in packet mode")
+				}
+				var pc net.PacketConn
+				tp.in(tp.c, func() { pc, err = net.ListenPacket("udp", "10.231.1.2:0") })
+				if err != nil {
+					t.Fatal(err)
+				}
+				p, err := auth.ParsePin(pin)
+				if err != nil {
+					t.Fatal(err)
+				}
+				conn, qsid, assign := rawSessionOn(t, pc, "10.231.1.1:4433", p)
+				mine := assign.Addresses[0].Prefix.Addr()
+				inet := netip.MustParseAddr("10.231.2.2")
+				for len(udpSeen) > 0 {
+					<-udpSeen
+				}
+				for _, src := range []string{"100.96.0.250", "10.231.1.2", "10.231.2.2"} {
+					pkt := buildUDP4(netip.MustParseAddr(src), inet, 40000, 7007, []byte("spoofed from "+src))
+					conn.SendDatagram(append(datagram.AppendPrefix(nil, qsid, 0), pkt...))
+				}
+				pkt := buildUDP4(mine, inet, 40000, 7007, []byte("genuine"))
+				conn.SendDatagram(append(datagram.AppendPrefix(nil, qsid, 0), pkt...))
+				select {
+				case got := <-udpSeen:
+					if !strings.HasSuffix(got, " genuine") {
+						t.Fatalf("the inet host received %q", got)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatal("the genuine packet never reached the inet host")
+				}
+				select {
+				case got := <-udpSeen:
+					t.Fatalf("the inet host received %q", got)
+				case <-time.After(500 * time.Millisecond):
+				}
+				conn.CloseWithError(0, "")
+			})
+
+			// Clean exit removes everything both sides added.
+			cli.stop(t)
+			if out, _ := exec.Command("ip", "-n", tp.c, "link", "show", "roam0").CombinedOutput(); !strings.Contains(string(out), "does not exist") {
+				t.Errorf("client TUN still present after exit: %s", out)
+			}
+			if out := run(t, "ip", "-n", tp.c, "rule", "show"); strings.Contains(out, "lookup 21103") || strings.Contains(out, "0x526f") {
+				t.Errorf("client policy rules left behind:\n%s", out)
+			}
+			if out := run(t, "ip", "-n", tp.c, "-6", "rule", "show"); strings.Contains(out, "lookup 21103") || strings.Contains(out, "0x526f") {
+				t.Errorf("client IPv6 policy rules left behind:\n%s", out)
+			}
+			if out := run(t, "ip", "-n", tp.c, "route", "show", "table", "all"); strings.Contains(out, "roam0") || strings.Contains(out, "table 21103") {
+				t.Errorf("client routes left behind:\n%s", out)
+			}
 		})
-		if err != nil {
-			t.Fatalf("dial through the tunnel: %v", err)
+		if !ok {
+			break
 		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(120 * time.Second))
-		fmt.Fprintf(conn, "GET /big HTTP/1.1\r\nHost: inet\r\nConnection: close\r\n\r\n")
-		start := time.Now()
-		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := sha256.New()
-		n, err := io.Copy(h, resp.Body)
-		if err != nil {
-			t.Fatalf("after %d bytes: %v", n, err)
-		}
-		if n != size || !bytes.Equal(h.Sum(nil), want) {
-			t.Fatalf("got %d bytes, sha256 %x; want %d bytes %x", n, h.Sum(nil), size, want)
-		}
-		t.Logf("50 MB in %v (%.0f Mbit/s)", time.Since(start), float64(size*8)/time.Since(start).Seconds()/1e6)
-		mu.Lock()
-		defer mu.Unlock()
-		for _, s := range seen {
-			if !strings.HasPrefix(s, "10.231.2.1:") {
-				t.Fatalf("the inet host saw %s, want the server's address 10.231.2.1 (tunnel address %s)", s, tunAddr)
-			}
-		}
-	})
-	t.Run("udp-echo", func(t *testing.T) {
-		for _, dst := range []string{"10.231.2.2:7007", "[fd31:2::2]:7007"} {
-			var c net.Conn
-			tp.in(tp.c, func() { c, err = net.Dial("udp", dst) })
-			if err != nil {
-				t.Fatal(err)
-			}
-			c.SetDeadline(time.Now().Add(5 * time.Second))
-			msg := "echo via " + dst
-			c.Write([]byte(msg))
-			buf := make([]byte, 100)
-			n, err := c.Read(buf)
-			c.Close()
-			if err != nil || string(buf[:n]) != msg {
-				t.Fatalf("udp echo %s: %q, %v", dst, buf[:n], err)
-			}
-			got := <-udpSeen
-			if !strings.HasPrefix(got, "10.231.2.1:") && !strings.HasPrefix(got, "[fd31:2::1]:") {
-				t.Fatalf("the inet host saw %q, want the server's address", got)
-			}
-		}
-	})
-	t.Run("spoofed-source", func(t *testing.T) {
-		var pc net.PacketConn
-		tp.in(tp.c, func() { pc, err = net.ListenPacket("udp", "10.231.1.2:0") })
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := auth.ParsePin(pin)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conn, qsid, assign := rawSessionOn(t, pc, "10.231.1.1:4433", p)
-		mine := assign.Addresses[0].Prefix.Addr()
-		inet := netip.MustParseAddr("10.231.2.2")
-		for len(udpSeen) > 0 {
-			<-udpSeen
-		}
-		for _, src := range []string{"100.96.0.250", "10.231.1.2", "10.231.2.2"} {
-			pkt := buildUDP4(netip.MustParseAddr(src), inet, 40000, 7007, []byte("spoofed from "+src))
-			conn.SendDatagram(append(datagram.AppendPrefix(nil, qsid, 0), pkt...))
-		}
-		pkt := buildUDP4(mine, inet, 40000, 7007, []byte("genuine"))
-		conn.SendDatagram(append(datagram.AppendPrefix(nil, qsid, 0), pkt...))
-		select {
-		case got := <-udpSeen:
-			if !strings.HasSuffix(got, " genuine") {
-				t.Fatalf("the inet host received %q", got)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("the genuine packet never reached the inet host")
-		}
-		select {
-		case got := <-udpSeen:
-			t.Fatalf("the inet host received %q", got)
-		case <-time.After(500 * time.Millisecond):
-		}
-		conn.CloseWithError(0, "")
-	})
+	}
 
-	// Clean exit removes everything both sides added.
-	cli.stop(t)
-	if out, _ := exec.Command("ip", "-n", tp.c, "link", "show", "roam0").CombinedOutput(); !strings.Contains(string(out), "does not exist") {
-		t.Errorf("client TUN still present after exit: %s", out)
-	}
-	if out := run(t, "ip", "-n", tp.c, "rule", "show"); strings.Contains(out, "lookup 21103") || strings.Contains(out, "0x526f") {
-		t.Errorf("client policy rules left behind:\n%s", out)
-	}
-	if out := run(t, "ip", "-n", tp.c, "-6", "rule", "show"); strings.Contains(out, "lookup 21103") || strings.Contains(out, "0x526f") {
-		t.Errorf("client IPv6 policy rules left behind:\n%s", out)
-	}
-	if out := run(t, "ip", "-n", tp.c, "route", "show", "table", "all"); strings.Contains(out, "roam0") || strings.Contains(out, "table 21103") {
-		t.Errorf("client routes left behind:\n%s", out)
-	}
 	srv.stop(t)
 	if out, _ := exec.Command("ip", "-n", tp.s, "link", "show", "roam0").CombinedOutput(); !strings.Contains(string(out), "does not exist") {
 		t.Errorf("server TUN still present after exit: %s", out)
