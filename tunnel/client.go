@@ -55,12 +55,17 @@ type ClientConfig struct {
 	// their intersection with the server's advertisement. Nil means
 	// DefaultRoutes (full tunnel).
 	Routes []netip.Prefix
-	// ListenPacket opens a UDP socket for the tunnel. Required. The client
-	// calls it for its first connection, for every path it migrates to and
-	// for every reconnect, and closes each socket once the connection that
-	// used it has ended (at the latest when Run returns). In full-tunnel
-	// mode the sockets must be kept out of the tunnel (a socket mark).
-	ListenPacket func() (net.PacketConn, error)
+	// ListenPacket opens a UDP socket for the tunnel, bound to the local
+	// address local (any address, port 0, when local is the zero Addr).
+	// Required. The client calls it for its first connection, for every
+	// path it migrates to and for every reconnect, and closes each socket
+	// once the connection that used it has ended (at the latest when Run
+	// returns). With a Monitor, local is the address the host's route to
+	// the server uses: a socket bound to it cannot start sending from
+	// another address after a network change, which the server would take
+	// for yet another path of the connection. In full-tunnel mode the
+	// sockets must be kept out of the tunnel (a socket mark).
+	ListenPacket func(local netip.Addr) (net.PacketConn, error)
 	// Monitor, if set, tells the client when the host's network changes
 	// and which way the server is reached; the client then migrates its
 	// connection to the new path (or pauses while there is none). Nil:

@@ -50,11 +50,11 @@ type netPath struct {
 	ifindex int
 }
 
-// addSocket opens a socket with ListenPacket and a transport on it that
-// belongs to l from now on: quic-go destroys a connection when any
+// addSocket opens a socket on local with ListenPacket and a transport on
+// it that belongs to l from now on: quic-go destroys a connection when any
 // transport it has used is closed, so they all live as long as the link.
-func (c *Client) addSocket(l *link) (*quic.Transport, error) {
-	pc, err := c.cfg.ListenPacket()
+func (c *Client) addSocket(l *link, local netip.Addr) (*quic.Transport, error) {
+	pc, err := c.cfg.ListenPacket(local)
 	if err != nil {
 		return nil, fmt.Errorf("opening a UDP socket: %w", err)
 	}
@@ -131,14 +131,14 @@ func (c *Client) connectOnce(ctx context.Context, want []netip.Prefix) (_ *link,
 			l.close("setup failed")
 		}
 	}()
-	tr, err := c.addSocket(l)
-	if err != nil {
-		return nil, err
-	}
 	if c.cfg.Monitor != nil {
 		if local, ifindex, err := c.cfg.Monitor.PathTo(l.server); err == nil {
 			l.path = netPath{local, ifindex}
 		}
+	}
+	tr, err := c.addSocket(l, l.path.local)
+	if err != nil {
+		return nil, err
 	}
 	conn, err := tr.DialEarly(ctx, raddr, c.tlsConfig(), quicConfig(DefaultKeepAlive))
 	if err != nil {

@@ -152,7 +152,7 @@ func startTestClient(t *testing.T, ts *testServer, mutate func(*ClientConfig)) (
 		Server:       ts.addr,
 		Token:        testToken,
 		Pin:          &pin,
-		ListenPacket: func() (net.PacketConn, error) { return net.ListenPacket("udp", "127.0.0.1:0") },
+		ListenPacket: func(netip.Addr) (net.PacketConn, error) { return net.ListenPacket("udp", "127.0.0.1:0") },
 		NewDevice: func(dc DeviceConfig) (datagram.Device, error) {
 			var addrs []netip.Addr
 			for _, p := range dc.Addresses {
@@ -385,7 +385,7 @@ func rawSessionOn(t *testing.T, pc net.PacketConn, server string, pin [32]byte) 
 func linkOn(t *testing.T, pc net.PacketConn, server string, pin [32]byte) *link {
 	t.Helper()
 	c, err := NewClient(ClientConfig{Server: server, Token: testToken, Pin: &pin,
-		ListenPacket: func() (net.PacketConn, error) { return pc, nil },
+		ListenPacket: func(netip.Addr) (net.PacketConn, error) { return pc, nil },
 		NewDevice:    func(DeviceConfig) (datagram.Device, error) { return nil, errors.New("unused") }})
 	if err != nil {
 		t.Fatal(err)

@@ -108,7 +108,7 @@ func TestMigrateOnNetworkChange(t *testing.T) {
 	var sockets atomic.Int32
 	tc, err := startTestClient(t, ts, func(c *ClientConfig) {
 		c.Monitor = mon
-		c.ListenPacket = func() (net.PacketConn, error) {
+		c.ListenPacket = func(netip.Addr) (net.PacketConn, error) {
 			sockets.Add(1)
 			return net.ListenPacket("udp", "127.0.0.1:0")
 		}

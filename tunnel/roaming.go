@@ -252,7 +252,7 @@ func (s *supervisor) migrate(ctx context.Context, l *link, reason string, to net
 	if recent >= maxRecentMigrations {
 		return lost("%s; %d path changes within %v already, more than the server tracks", reason, recent, serverPathWindow)
 	}
-	tr, err := c.addSocket(l)
+	tr, err := c.addSocket(l, to.local)
 	if err != nil {
 		return lost("%s; migration failed: %v", reason, err)
 	}

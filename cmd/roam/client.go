@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -111,8 +112,14 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	// The tunnel's own sockets carry the mark, so the policy rules keep
 	// them on the host's normal routes even in full-tunnel mode.
 	lc := net.ListenConfig{Control: tun.ControlMark(uint32(f.mark))}
-	cfg.ListenPacket = func() (net.PacketConn, error) { return lc.ListenPacket(ctx, "udp", ":0") }
-	pc, err := cfg.ListenPacket() // fail early, with the reason (no CAP_NET_ADMIN for the mark?)
+	cfg.ListenPacket = func(local netip.Addr) (net.PacketConn, error) {
+		addr := ":0"
+		if local.IsValid() {
+			addr = netip.AddrPortFrom(local, 0).String()
+		}
+		return lc.ListenPacket(ctx, "udp", addr)
+	}
+	pc, err := cfg.ListenPacket(netip.Addr{}) // fail early, with the reason (no CAP_NET_ADMIN for the mark?)
 	if err != nil {
 		return fmt.Errorf("opening the UDP socket: %w", err)
 	}
