@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -25,17 +24,17 @@ import (
 // stream and every transport (UDP socket) it has used. The client replaces
 // the link on reconnect; the device and the pump stay.
 type link struct {
-	conn     *quic.Conn
-	cc       *http3.ClientConn // opens flow streams
-	str      *http3.RequestStream
-	rd       *capsule.Reader
-	dl       *datagram.Link
-	assign   *capsule.AddressAssign
-	routes   *capsule.RouteAdvertisement
-	server   netip.Addr  // the server's address this connection dialed
-	path     netPath     // where the current path leaves the host (zero if unknown)
-	qpath    *quic.Path  // the path migrated to last; nil for the dialed one
-	migrated []time.Time // when each migration started
+	conn       *quic.Conn
+	cc         *http3.ClientConn // opens flow streams
+	str        *http3.RequestStream
+	rd         *capsule.Reader
+	dl         *datagram.Link
+	assign     *capsule.AddressAssign
+	routes     *capsule.RouteAdvertisement
+	server     netip.Addr // the server's address this connection dialed
+	path       netPath    // where the current path leaves the host (zero if unknown)
+	qpath      *quic.Path // the path migrated to last; nil for the dialed one
+	migrations int        // successful migrations of conn
 
 	mu      sync.Mutex
 	sockets []net.PacketConn  // guarded by mu; closed with the link
@@ -68,12 +67,6 @@ func (c *Client) addSocket(l *link, local netip.Addr) (*quic.Transport, error) {
 	l.sockets = append(l.sockets, pc)
 	l.trs = append(l.trs, tr)
 	return tr, nil
-}
-
-func (l *link) numPaths() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.trs)
 }
 
 // close ends the request stream and the connection and closes every
