@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # bench.sh -- Roam vs wireguard-go on the shared three-namespace topology.
 #
-# Runs ROUNDS interleaved rounds (roam, wg, roam, wg, ...) of: iperf3 TCP
-# client->inet (tcp1) and inet->client (rev), a 64-byte TCP request/response
-# RTT (nbsvc tcpping) and ICMP ping, and prints one summary line per tunnel
-# with the medians, side by side. Needs root and the shared bench kit
+# Runs ROUNDS interleaved rounds (roam, roam-flow, wg, roam, ...) of: iperf3
+# TCP client->inet (tcp1) and inet->client (rev), a 64-byte TCP
+# request/response RTT (nbsvc tcpping) and ICMP ping, and prints one summary
+# line per tunnel with the medians, side by side. roam is packet mode,
+# roam-flow is `roam client --mode flow`. Needs root and the shared bench kit
 # (topo.sh, run-anchor.sh, nbsvc.go) from ../shared/bench, or BENCH_DIR.
 #
 #   cmd/bench/bench.sh                 # 3 rounds x 8 s
 #   ROUNDS=5 DUR=10 cmd/bench/bench.sh
-#   ONLY=roam cmd/bench/bench.sh       # skip wireguard-go
+#   ONLY="roam roam-flow" cmd/bench/bench.sh   # skip wireguard-go
 #   MODE=full cmd/bench/bench.sh       # roam full tunnel instead of --route 10.201.0.0/24
+#   RELAY=delay=25ms,loss=1 cmd/bench/bench.sh  # through ../shared/bench's lossy UDP relay
+#                                      # (one-way delay and loss per direction), all systems
 #
 # Results: /tmp/netbench/results/roam-bench.txt (and per-run logs).
 set -euo pipefail
@@ -19,7 +22,8 @@ REPO="$(cd "$HERE/../.." && pwd)"
 BENCH_DIR=${BENCH_DIR:-$(cd "$REPO/../shared/bench" 2>/dev/null && pwd || true)}
 [[ -x $BENCH_DIR/topo.sh ]] || { echo "bench.sh: set BENCH_DIR to the folder with topo.sh (../shared/bench)" >&2; exit 2; }
 [[ $EUID -eq 0 ]] || { echo "bench.sh: run as root" >&2; exit 2; }
-ROUNDS=${ROUNDS:-3} DUR=${DUR:-8} ONLY=${ONLY:-} MODE=${MODE:-route}
+ROUNDS=${ROUNDS:-3} DUR=${DUR:-8} ONLY=${ONLY:-roam roam-flow wg} MODE=${MODE:-route} RELAY=${RELAY:-}
+RELAY_PORT=61820
 export NB_BIN=${NB_BIN:-/tmp/netbench/bin} NB_RUN=${NB_RUN:-/tmp/netbench/run}
 TOPO="$BENCH_DIR/topo.sh" BIN=$NB_BIN RUN=$NB_RUN
 W=/tmp/netbench/roam-bench RES=/tmp/netbench/results
@@ -30,6 +34,7 @@ for t in iperf3 jq nft ping; do command -v $t >/dev/null || { echo "missing $t (
 echo "[bench] building roam" >&2
 (cd "$REPO" && go build -o "$BIN/roam" ./cmd/roam)
 [[ -x $BIN/nbsvc && $BENCH_DIR/nbsvc.go -ot $BIN/nbsvc ]] || (cd "$BENCH_DIR" && GOFLAGS= go build -o "$BIN/nbsvc" nbsvc.go)
+[[ -z $RELAY || ( -x $BIN/lossy-udp-relay && $BENCH_DIR/lossy-udp-relay.go -ot $BIN/lossy-udp-relay ) ]] || (cd "$BENCH_DIR" && GOFLAGS= go build -o "$BIN/lossy-udp-relay" lossy-udp-relay.go)
 
 xc() { ip netns exec nb-client "$@"; }
 median() { awk '/^[0-9.]+$/{print}' | sort -g | awk '{a[NR]=$1} END{ if (NR==0) print "NA"; else if (NR%2) print a[(NR+1)/2]; else printf "%.4g\n", (a[NR/2]+a[NR/2+1])/2 }'; }
@@ -45,7 +50,8 @@ iperf() { # args... -> Mbit/s
   jq -r '(.end.sum_received.bits_per_second // 0) / 1e6 | floor' "$j"
 }
 
-roam_round() {
+roam_round() { # packet|flow
+  local cmode=$1
   "$TOPO" down >/dev/null 2>&1 || true
   "$TOPO" up >/dev/null 2>&1
   rm -rf "$W/state"; mkdir -p "$W/state"
@@ -57,11 +63,19 @@ roam_round() {
   for _ in $(seq 100); do [[ -s $W/state/pin ]] && grep -qs "roam client" "$RUN/roam-server.log" && break; sleep 0.1; done
   local route=(--route 10.201.0.0/24)
   [[ $MODE == full ]] && route=()
-  ip netns exec nb-client "$BIN/roam" client --server $SRV:4433 --token "$tok" --pin "$(cat "$W/state/pin")" "${route[@]}" >"$RUN/roam-client.log" 2>&1 &
+  local dport=4433 relay_pid=
+  if [[ -n $RELAY ]]; then
+    local args=() kv
+    for kv in ${RELAY//,/ }; do args+=("-${kv%%=*}" "${kv#*=}"); done
+    ip netns exec nb-server "$BIN/lossy-udp-relay" -listen $SRV:$RELAY_PORT -upstream $SRV:4433 "${args[@]}" >"$RUN/roam-relay.log" 2>&1 &
+    relay_pid=$!
+    dport=$RELAY_PORT
+  fi
+  ip netns exec nb-client "$BIN/roam" client --server $SRV:$dport --token "$tok" --pin "$(cat "$W/state/pin")" --mode "$cmode" "${route[@]}" >"$RUN/roam-client.log" 2>&1 &
   echo $! >"$RUN/roam-client.pid"
   for _ in $(seq 150); do grep -qs "tunnel up" "$RUN/roam-client.log" && break; sleep 0.1; done
   grep -qs "tunnel up" "$RUN/roam-client.log" || { echo "[bench] roam did not come up" >&2; cat "$RUN"/roam-*.log >&2; exit 1; }
-  local pids=($(cat "$RUN/roam-server.pid") $(cat "$RUN/roam-client.pid"))
+  local pids=($(cat "$RUN/roam-server.pid") $(cat "$RUN/roam-client.pid") $relay_pid)
   local b0 t0 b1 t1
   b0=$(ticks "${pids[@]}"); t0=$(date +%s.%N)
   local tcp1; tcp1=$(iperf)
@@ -71,14 +85,14 @@ roam_round() {
   local rtt; rtt=$(xc "$BIN/nbsvc" tcpping -to $INET:7007 -n 100 -i 10ms 2>/dev/null | sed -n 's/.*med=\([0-9.NA]*\).*/\1/p')
   local icmp; icmp=$(xc ping -c 50 -i 0.01 -W 1 $INET 2>&1 | grep -o 'time=[0-9.]*' | cut -d= -f2 | median)
   echo "roam tcp1=$tcp1 rev=$rev rtt=$rtt icmp=$icmp cpu=$cpu"
-  kill -TERM "$(cat "$RUN/roam-client.pid")" "$(cat "$RUN/roam-server.pid")" 2>/dev/null || true
+  kill -TERM "$(cat "$RUN/roam-client.pid")" "$(cat "$RUN/roam-server.pid")" $relay_pid 2>/dev/null || true
   sleep 0.5
   "$TOPO" down >/dev/null 2>&1 || true
 }
 
 wg_round() {
   local line
-  line=$(NAME=wg REPS=1 DUR=$DUR TESTS="tcp1 rev" "$BENCH_DIR/run-anchor.sh" wg 2>>"$W/wg.log" | tail -1)
+  line=$(NAME=wg REPS=1 DUR=$DUR TESTS="tcp1 rev" RELAY=$RELAY "$BENCH_DIR/run-anchor.sh" wg 2>>"$W/wg.log" | tail -1)
   local tcp1 rev rtt icmp cpu
   tcp1=$(sed -n 's/.*tcp1=\([0-9.NA]*\).*/\1/p' <<<"$line")
   rev=$(sed -n 's/.* rev=\([0-9.NA]*\).*/\1/p' <<<"$line")
@@ -90,16 +104,20 @@ wg_round() {
 
 declare -A V
 for r in $(seq 1 "$ROUNDS"); do
-  for who in roam wg; do
-    [[ -n $ONLY && $ONLY != "$who" ]] && continue
-    line=$(${who}_round)
+  for who in $ONLY; do
+    case $who in
+      roam) line=$(roam_round packet) ;;
+      roam-flow) line=$(roam_round flow) ;;
+      wg) line=$(wg_round) ;;
+      *) echo "bench.sh: unknown system $who in ONLY (roam, roam-flow, wg)" >&2; exit 2 ;;
+    esac
+    line="$who ${line#* }"
     echo "[bench] round $r: $line" >&2
     for kv in ${line#* }; do V[$who.${kv%%=*}]+="${kv#*=} "; done
   done
 done
 out=""
-for who in roam wg; do
-  [[ -n $ONLY && $ONLY != "$who" ]] && continue
+for who in $ONLY; do
   l="$who:"
   for k in tcp1 rev rtt icmp cpu; do
     m=$(tr ' ' '\n' <<<"${V[$who.$k]:-}" | median)
@@ -108,4 +126,4 @@ for who in roam wg; do
   out+="$l"$'\n'
 done
 printf '%s' "$out" | tee -a "$RES/roam-bench.txt"
-echo "(medians of $ROUNDS interleaved rounds, ${DUR}s iperf3 runs, mode=$MODE, $(date -u +%FT%TZ))" | tee -a "$RES/roam-bench.txt"
+echo "(medians of $ROUNDS interleaved rounds, ${DUR}s iperf3 runs, mode=$MODE, relay='${RELAY}', $(date -u +%FT%TZ))" | tee -a "$RES/roam-bench.txt"
