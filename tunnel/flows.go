@@ -112,21 +112,79 @@ func (s *Server) flowDial(ctx context.Context, network, address string) (net.Con
 	return d.DialContext(ctx, network, address)
 }
 
-// handleFlow serves one flow: an HTTP/3 CONNECT (RFC 9114 §4.4) whose
-// authority is the destination ip:port. It checks the token and the
-// destination, takes a flow slot of the connection, dials, answers 200 and
-// splices the stream and the TCP connection; failures are answered with
-// the status and Proxy-Status (RFC 9209) the client maps to a local
-// outcome (RST, ICMP unreachable).
+// flowReply is how a flow request gets its answer on its transport: an
+// HTTP/3 CONNECT response (h3FlowReply) or a FLOW_OK / FLOW_ERROR message
+// on a WebTransport stream (wtFlowReply). serveFlow calls exactly one of
+// refuse and accept, once.
+type flowReply interface {
+	// refuse answers that the flow could not be opened and ends the
+	// request. bad marks a malformed request (fe.Err wraps
+	// flow.ErrBadAuthority).
+	refuse(fe *flow.Error, bad bool)
+	// accept answers success and returns the stream that now carries the
+	// flow's bytes; the caller owns it. An error means the answer could not
+	// be sent (the stream is gone).
+	accept() (flow.Stream, error)
+}
+
+// serveFlow is one flow, whatever transport it came on: it checks the
+// destination authority ("host:port", a name resolved here or an IP
+// literal), takes a slot of lim (waiting while ctx lasts), dials with the
+// server's policy (flowAllow) and dialer (flowDial), answers through rep,
+// and splices the stream and the TCP connection until both are done or
+// spliceCtx ends. Every outcome is counted in the server's stats.
+func (s *Server) serveFlow(ctx, spliceCtx context.Context, lim *flow.Limiter, owner, transport, authority string, rep flowReply) {
+	if _, _, err := flow.ParseHostPort(authority); err != nil {
+		s.refuseFlow(rep, owner, transport, authority, &flow.Error{Kind: flow.Other, Dst: authority, Err: err}, true)
+		return
+	}
+	if err := lim.Acquire(ctx); err != nil {
+		s.refuseFlow(rep, owner, transport, authority, err, false)
+		return
+	}
+	defer lim.Release()
+	conn, dst, err := s.dialer.DialHostPort(ctx, authority)
+	if err != nil {
+		s.refuseFlow(rep, owner, transport, authority, err, false)
+		return
+	}
+	str, err := rep.accept()
+	if err != nil {
+		conn.Close()
+		s.stats.FlowsRefused.Add(1)
+		s.log.Debug("flow answer failed", "client", owner, "transport", transport, "dst", authority, "err", err)
+		return
+	}
+	s.stats.FlowsTotal.Add(1)
+	s.stats.FlowsActive.Add(1)
+	defer s.stats.FlowsActive.Add(-1)
+	up, down, err := flow.Splice(spliceCtx, str, conn, flow.WithCounters(&s.stats.FlowBytesDown, &s.stats.FlowBytesUp))
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.log.Debug("flow ended", "client", owner, "transport", transport, "dst", authority, "addr", dst, "up", down, "down", up, "err", err)
+	}
+}
+
+// refuseFlow answers a flow that could not be opened.
+func (s *Server) refuseFlow(rep flowReply, owner, transport, authority string, err error, bad bool) {
+	var fe *flow.Error
+	if !errors.As(err, &fe) {
+		fe = &flow.Error{Kind: flow.Classify(err), Dst: authority, Err: err}
+	}
+	s.stats.FlowsRefused.Add(1)
+	s.log.Debug("flow refused", "client", owner, "transport", transport, "dst", authority, "err", fe)
+	rep.refuse(fe, bad)
+}
+
+// handleFlow serves one native flow: an HTTP/3 CONNECT (RFC 9114 §4.4)
+// whose authority is the destination host:port. It checks the token, waits
+// for the handshake (a flow dials out, never for 0-RTT data that may be a
+// replay) and hands the flow to serveFlow with the connection's flow
+// limiter; failures are answered with the status and Proxy-Status (RFC
+// 9209) the client maps to a local outcome (RST, ICMP unreachable).
 func (s *Server) handleFlow(w http.ResponseWriter, r *http.Request) {
 	owner, ok := s.authenticate(r)
 	if !ok {
 		w.WriteHeader(http.StatusUnauthorized)
-		return
-	}
-	dst, err := netip.ParseAddrPort(r.Host)
-	if err != nil {
-		http.Error(w, fmt.Sprintf("CONNECT authority %q: expected a literal IP:port", r.Host), http.StatusBadRequest)
 		return
 	}
 	cs, _ := r.Context().Value(ctxKey{}).(*connState)
@@ -134,49 +192,39 @@ func (s *Server) handleFlow(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
-	// A flow dials out: never for 0-RTT data that may be a replay.
 	select {
 	case <-cs.conn.HandshakeComplete():
 	case <-r.Context().Done():
 		return
 	}
-	ctx := r.Context()
-	if err := cs.flowLimiter(s.cfg.MaxFlows).Acquire(ctx); err != nil {
-		s.refuseFlow(w, owner, dst, err)
-		return
-	}
-	defer cs.flows.Release()
-	conn, err := s.dialer.DialFlow(ctx, dst)
-	if err != nil {
-		s.refuseFlow(w, owner, dst, err)
-		return
-	}
-	w.WriteHeader(http.StatusOK)
-	w.(http.Flusher).Flush()
-	str := w.(http3.HTTPStreamer).HTTPStream()
-	s.stats.FlowsTotal.Add(1)
-	s.stats.FlowsActive.Add(1)
-	defer s.stats.FlowsActive.Add(-1)
-	sctx := context.Background()
-	if p := s.ctx.Load(); p != nil {
-		sctx = *p
-	}
-	up, down, err := flow.Splice(sctx, &flowStream{s: str}, conn, flow.WithCounters(&s.stats.FlowBytesDown, &s.stats.FlowBytesUp))
-	if s.log.Enabled(ctx, slog.LevelDebug) {
-		s.log.Debug("flow ended", "client", owner, "dst", dst, "up", down, "down", up, "err", err)
-	}
+	s.serveFlow(r.Context(), s.serverCtx(), cs.flowLimiter(s.cfg.MaxFlows), owner, "h3", r.Host, h3FlowReply{w})
 }
 
-// refuseFlow answers a flow that could not be opened.
-func (s *Server) refuseFlow(w http.ResponseWriter, owner string, dst netip.AddrPort, err error) {
-	var fe *flow.Error
-	if !errors.As(err, &fe) {
-		fe = &flow.Error{Kind: flow.Classify(err), Dst: dst.String(), Err: err}
+// serverCtx is Serve's context (Background before Serve).
+func (s *Server) serverCtx() context.Context {
+	if p := s.ctx.Load(); p != nil {
+		return *p
 	}
-	s.stats.FlowsRefused.Add(1)
-	s.log.Debug("flow refused", "client", owner, "dst", dst, "err", fe)
-	w.Header().Set("Proxy-Status", fe.ProxyStatusField("roam"))
-	w.WriteHeader(fe.HTTPStatus())
+	return context.Background()
+}
+
+// h3FlowReply answers a native flow: 200 and the request stream, or an
+// error status with a Proxy-Status field.
+type h3FlowReply struct{ w http.ResponseWriter }
+
+func (h h3FlowReply) refuse(fe *flow.Error, bad bool) {
+	if bad {
+		http.Error(h.w, fmt.Sprintf("CONNECT authority: %v", fe.Err), http.StatusBadRequest)
+		return
+	}
+	h.w.Header().Set("Proxy-Status", fe.ProxyStatusField(flow.ProxyStatusName))
+	h.w.WriteHeader(fe.HTTPStatus())
+}
+
+func (h h3FlowReply) accept() (flow.Stream, error) {
+	h.w.WriteHeader(http.StatusOK)
+	h.w.(http.Flusher).Flush()
+	return &flowStream{s: h.w.(http3.HTTPStreamer).HTTPStream()}, nil
 }
 
 // openFlow is the client's side of a flow: it opens a CONNECT request

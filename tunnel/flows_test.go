@@ -137,7 +137,11 @@ func TestFlowPolicy(t *testing.T) {
 		{"outside the routes", "192.0.2.1:80", testToken, 502, "error=destination_ip_prohibited"},
 		{"loopback", "127.0.0.1:22", testToken, 502, "error=destination_ip_prohibited"},
 		{"link-local metadata", "169.254.169.254:80", testToken, 502, "error=destination_ip_prohibited"},
-		{"not an address", "example.com:80", testToken, 400, ""},
+		{"not host:port", "example.com", testToken, 400, ""},
+		{"bad port", "10.99.0.1:http", testToken, 400, ""},
+		// A name is resolved on the server (from /etc/hosts here: no DNS
+		// traffic) and the policy applies to each address.
+		{"name resolving to loopback", "localhost:22", testToken, 502, "error=destination_ip_prohibited"},
 		{"wrong token", "10.99.0.1:80", "wrong", 401, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

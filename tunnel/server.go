@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"net"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/webtransport-go"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/roamvpn/roam/auth"
@@ -74,6 +76,40 @@ type ServerConfig struct {
 	GatewayLoopback bool
 	// Logger receives session-level events. Nil means silent.
 	Logger *slog.Logger
+
+	// DisableWeb turns the browser client off entirely: no WebTransport
+	// sessions (404), no page, no TCP listener. By default (false) the
+	// server accepts WebTransport sessions at webproto.Path, serves Web
+	// (if set) and webproto.ConfigPath over HTTP/3, and listens on TCP on
+	// the UDP socket's address (same port number) for the page over HTTPS
+	// and, to loopback clients only, plain HTTP (see webpage.go). If that
+	// TCP port cannot be bound, Serve logs a warning and serves UDP only.
+	DisableWeb bool
+	// Web holds the browser client's files at its root (index.html,
+	// roam.js, worker.js, app.js, wasm_exec.js, roam.wasm). Nil means no
+	// browser client: GET / answers 404 "this server has no browser
+	// client" (WebTransport sessions are still accepted, for pages served
+	// elsewhere that WebOrigins allows). The server only reads it.
+	Web fs.FS
+	// WebOrigins are the origins ("scheme://host[:port]", see
+	// ParseWebOrigin) whose pages may open WebTransport sessions. Empty
+	// means the server's own origin only: the Origin's host:port must equal
+	// the request's authority, with scheme https, or http for localhost
+	// and loopback addresses. A request without an Origin header (not a
+	// browser) is allowed; its token is checked as for any client.
+	WebOrigins []string
+	// WebSelfSigned says TLS's certificate is the long-lived self-signed
+	// one that native clients pin (auth.LoadOrCreateCert). Browsers cannot
+	// pin it (WebTransport serverCertificateHashes requires an ECDSA
+	// certificate valid at most 14 days), so the server then presents
+	// browsers a short-lived certificate it rotates, and publishes its
+	// hashes in webproto.ConfigPath (see webcert.go for how a browser is
+	// told apart). False: everyone gets TLS's certificate (a publicly
+	// trusted one from --cert/--key) and no hashes are published.
+	WebSelfSigned bool
+	// Version is the server's version string, sent to browsers in WELCOME
+	// and the page configuration. Empty means "roam".
+	Version string
 }
 
 // ServerStats are the server's counters (all atomic).
@@ -103,6 +139,10 @@ type ServerStats struct {
 	// FlowBytesUp and FlowBytesDown count flow payload bytes from and to
 	// the clients.
 	FlowBytesUp, FlowBytesDown atomic.Uint64
+	// WebSessions counts WebTransport sessions whose HELLO was accepted;
+	// WebRejected counts WebTransport requests refused before a session
+	// (origin, path, handshake) or ended by a bad HELLO.
+	WebSessions, WebRejected atomic.Uint64
 }
 
 // Server is a Roam CONNECT-IP server: one HTTP/3 endpoint on one UDP
@@ -115,7 +155,16 @@ type Server struct {
 	routes routeSet
 	writer *datagram.Writer
 	h3     *http3.Server
+	wt     *webtransport.Server
 	stats  ServerStats
+
+	origins []webOrigin  // parsed WebOrigins
+	certs   *certRotator // short-lived browser certificates; nil unless WebSelfSigned
+	rejects rateLimitedLog
+	etags   sync.Map                 // page file ETags: etagKey -> string
+	tcpAddr atomic.Pointer[net.Addr] // the page's TCP listener, if any
+	// helloTimeout is webHelloTimeout; tests shorten it before Serve.
+	helloTimeout time.Duration
 
 	mu    sync.Mutex                              // serializes table updates
 	table atomic.Pointer[map[netip.Addr]*session] // copy-on-write; guarded by mu for writes
@@ -152,6 +201,27 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxFlows <= 0 {
 		cfg.MaxFlows = DefaultMaxFlows
 	}
+	if cfg.Version == "" {
+		cfg.Version = "roam"
+	}
+	origins := make([]webOrigin, 0, len(cfg.WebOrigins))
+	for _, o := range cfg.WebOrigins {
+		wo, err := parseOrigin(o)
+		if err != nil {
+			return nil, fmt.Errorf("tunnel: ServerConfig.WebOrigins: %w", err)
+		}
+		origins = append(origins, wo)
+	}
+	var certs *certRotator
+	if cfg.WebSelfSigned && !cfg.DisableWeb {
+		c, err := baseCertificate(cfg.TLS)
+		if err != nil {
+			return nil, fmt.Errorf("tunnel: ServerConfig.WebSelfSigned: %w", err)
+		}
+		if certs, err = newCertRotator(c.Leaf, time.Now); err != nil {
+			return nil, err
+		}
+	}
 	keys, err := newServerKeys(cfg.Secret)
 	if err != nil {
 		return nil, err
@@ -166,6 +236,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		keys:   keys,
 		routes: routesFromPrefixes(cfg.Routes),
 		ready:  make(chan struct{}),
+
+		origins: origins,
+		certs:   certs,
+
+		helloTimeout: webHelloTimeout,
 	}
 	s.dialer = flow.Dialer{Allow: s.flowAllow, Dial: s.flowDial}
 	s.writer = datagram.NewWriter(cfg.Device, &s.stats.Stats, 4096)
@@ -183,6 +258,15 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 			return ctx
 		},
 		Logger: s.log,
+	}
+	// Every HTTP/3 connection goes through the WebTransport server, which
+	// splits WebTransport streams out and hands everything else (CONNECT-IP,
+	// flows, GET) to s.h3. It adds its SETTINGS and wraps ConnContext.
+	s.wt = &webtransport.Server{
+		H3: s.h3,
+		// The origin is checked (and a refusal logged) in
+		// handleWebTransport before Upgrade; this is the same check again.
+		CheckOrigin: func(r *http.Request) bool { return s.checkOrigin(r) == nil },
 	}
 	return s, nil
 }
@@ -202,13 +286,18 @@ func (s *Server) Addr() net.Addr {
 }
 
 // Serve runs the server on pc until ctx is cancelled or the device fails.
-// It closes every session and the device before returning; pc stays open
-// (the caller owns it). Cancellation returns nil.
+// Unless DisableWeb, it also listens on TCP at pc's address for the
+// browser page (see WebAddr; a port it cannot bind is logged, not fatal).
+// It closes every session, that TCP listener and the device before
+// returning; pc stays open (the caller owns it). Cancellation returns nil.
 func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	tlsConf := s.cfg.TLS.Clone()
 	tlsConf.NextProtos = []string{http3.NextProtoH3}
 	tlsConf.MinVersion = tls.VersionTLS13
 	s.keys.configureTickets(tlsConf)
+	if err := s.configureQUICCert(tlsConf); err != nil {
+		return err
+	}
 	tr := &quic.Transport{Conn: pc, StatelessResetKey: &s.keys.reset}
 	defer tr.Close()
 	qconf := quicConfig(0)
@@ -216,12 +305,19 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	// flight. 0-RTT data can be replayed, so handleConnectIP changes no
 	// state (addresses, sessions) before the handshake completes.
 	qconf.Allow0RTT = true
+	// webtransport-go requires RESET_STREAM_AT on every connection it
+	// serves (native clients need not support it).
+	qconf.EnableStreamResetPartialDelivery = true
 	ln, err := tr.ListenEarly(tlsConf, qconf)
 	if err != nil {
 		return fmt.Errorf("tunnel: listen: %w", err)
 	}
 	addr := ln.Addr()
 	s.addr.Store(&addr)
+	var tln net.Listener
+	if !s.cfg.DisableWeb {
+		tln = s.listenTCP(addr) // nil if the port is taken: QUIC goes on
+	}
 	close(s.ready)
 
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -230,6 +326,9 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	grp, gctx := errgroup.WithContext(ctx)
 	grp.Go(func() error { return s.writer.Run(gctx) })
 	grp.Go(func() error { return s.readDevice(gctx) })
+	if tln != nil {
+		grp.Go(func() error { return s.serveTCP(gctx, tln) })
+	}
 	grp.Go(func() error {
 		<-gctx.Done()
 		ln.Close()
@@ -255,7 +354,7 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	})
 	err = grp.Wait()
 	s.wg.Wait()
-	s.h3.Close()
+	s.wt.Close() // closes s.h3 too
 	s.log.LogAttrs(context.Background(), slog.LevelInfo, "server counters", serverCounterAttrs(&s.stats)...)
 	if errors.Is(err, context.Canceled) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
 		err = nil
@@ -280,7 +379,7 @@ func (s *Server) serveConn(ctx context.Context, conn *quic.Conn) {
 	cs := &connState{conn: conn}
 	s.conns.Store(conn, cs)
 	defer s.conns.Delete(conn)
-	if err := s.h3.ServeQUICConn(conn); err != nil && s.log.Enabled(ctx, slog.LevelDebug) {
+	if err := s.wt.ServeQUICConn(conn); err != nil && s.log.Enabled(ctx, slog.LevelDebug) {
 		s.log.Debug("connection ended", "remote", conn.RemoteAddr(), "err", err)
 	}
 	conn.CloseWithError(0, "")
@@ -350,16 +449,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodConnect && r.Proto == "connect-ip":
 		s.handleConnectIP(w, r)
+	case r.Method == http.MethodConnect && (r.Proto == "webtransport-h3" || r.Proto == "webtransport"):
+		// draft-ietf-webtrans-http3-15 and the legacy :protocol value.
+		s.handleWebTransport(w, r)
 	case r.Method == http.MethodConnect && !strings.HasPrefix(r.Proto, "HTTP/"):
 		// Extended CONNECT for a protocol Roam does not speak.
 		http.Error(w, fmt.Sprintf("unsupported CONNECT protocol %q", r.Proto), http.StatusNotImplemented)
 	case r.Method == http.MethodConnect:
 		s.handleFlow(w, r)
-	case r.Method == http.MethodGet && r.URL.Path == "/healthz":
-		w.Header().Set("Content-Type", "text/plain")
-		fmt.Fprintln(w, "ok")
 	default:
-		http.NotFound(w, r)
+		// GET and HEAD: the page, its configuration and /healthz.
+		s.servePage(w, r)
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -28,8 +30,13 @@ type Dialer struct {
 	// zero net.Dialer's DialContext is used. A server may bind an egress
 	// address or set a socket mark here; tests inject failures.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
-	// Timeout bounds each dial. If zero, DefaultDialTimeout (10 s).
+	// Timeout bounds each dial, and each host name lookup of DialHostPort.
+	// If zero, DefaultDialTimeout (10 s).
 	Timeout time.Duration
+	// Resolve looks up the addresses of a host name for DialHostPort; its
+	// ctx carries the timeout. If nil, net.DefaultResolver.LookupNetIP(ctx,
+	// "ip", host) is used. Tests inject fixed answers.
+	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
 }
 
 // DialFlow checks dst against Allow and dials it. On failure it returns an
@@ -79,6 +86,132 @@ func (d *Dialer) DialFlow(ctx context.Context, dst netip.AddrPort) (net.Conn, er
 		return nil, &Error{Kind: Other, Dst: dst.String(), Err: errors.New("Dialer.Dial returned no connection and no error")}
 	}
 	return c, nil
+}
+
+// ErrBadAuthority is wrapped by the error ParseHostPort and DialHostPort
+// return for a destination that is not a valid "host:port".
+var ErrBadAuthority = errors.New("flow: destination must be host:port")
+
+// ParseHostPort splits a flow destination "host:port" (an HTTP authority:
+// an IPv6 literal in brackets, a port 0..65535 in decimal) into a host and
+// a port, and checks the host: an IP address without zone, or a DNS name of
+// at most 253 bytes of letters, digits, '-', '_' and '.'. Errors wrap
+// ErrBadAuthority and name the input.
+func ParseHostPort(hostport string) (host string, port uint16, err error) {
+	h, p, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return "", 0, fmt.Errorf("%w: %q: %v", ErrBadAuthority, hostport, err)
+	}
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil || p == "" || p[0] == '+' {
+		return "", 0, fmt.Errorf("%w: %q: port %q is not a number 0-65535", ErrBadAuthority, hostport, p)
+	}
+	if a, aerr := netip.ParseAddr(h); aerr == nil {
+		if a.Zone() != "" {
+			return "", 0, fmt.Errorf("%w: %q: addresses with a zone are not allowed", ErrBadAuthority, hostport)
+		}
+		return h, uint16(n), nil
+	}
+	if strings.HasPrefix(hostport, "[") {
+		return "", 0, fmt.Errorf("%w: %q: %q is not an IPv6 address", ErrBadAuthority, hostport, h)
+	}
+	if !validHostName(h) {
+		return "", 0, fmt.Errorf("%w: %q: %q is neither an IP address nor a host name", ErrBadAuthority, hostport, h)
+	}
+	return h, uint16(n), nil
+}
+
+func validHostName(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// DialHostPort dials a flow destination given as "host:port", as a client
+// names it (an HTTP CONNECT authority, a browser's URL). An IP literal is
+// dialed as DialFlow does. A host name is looked up (Resolve, bounded by
+// Timeout) on the server, Allow is applied to every address it resolves
+// to, and the first allowed one (in the resolver's order) is dialed; if
+// none is allowed the flow is refused with Kind Prohibited, so a name
+// never reaches what its address could not. It returns the connection and
+// the address dialed, or an *Error: Kind Other wrapping ErrBadAuthority
+// for a malformed destination; for a failed lookup, Unreachable if the
+// name does not exist, Timeout if the lookup timed out, else Other; and
+// DialFlow's kinds for the dial itself.
+func (d *Dialer) DialHostPort(ctx context.Context, hostport string) (net.Conn, netip.AddrPort, error) {
+	host, port, err := ParseHostPort(hostport)
+	if err != nil {
+		return nil, netip.AddrPort{}, &Error{Kind: Other, Err: err}
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		dst := netip.AddrPortFrom(a.Unmap(), port)
+		c, err := d.DialFlow(ctx, dst)
+		return c, dst, err
+	}
+	if port == 0 {
+		return nil, netip.AddrPort{}, &Error{Kind: Refused, Dst: hostport, Err: errors.New("destination port 0")}
+	}
+	addrs, err := d.lookup(ctx, host)
+	if err != nil {
+		kind := Other
+		var dnsErr *net.DNSError
+		switch {
+		case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
+			kind = Unreachable
+		case Classify(err) == Timeout:
+			kind = Timeout
+		}
+		return nil, netip.AddrPort{}, &Error{Kind: kind, Dst: hostport, Err: fmt.Errorf("looking up %s: %w", host, err)}
+	}
+	var firstDenial error
+	for _, a := range addrs {
+		dst := netip.AddrPortFrom(a.Unmap(), port)
+		if !dst.Addr().IsValid() {
+			continue
+		}
+		if d.Allow != nil {
+			if err := d.Allow(dst); err != nil {
+				if firstDenial == nil {
+					firstDenial = err
+				}
+				continue
+			}
+		}
+		c, err := d.DialFlow(ctx, dst)
+		return c, dst, err
+	}
+	if firstDenial == nil {
+		return nil, netip.AddrPort{}, &Error{Kind: Unreachable, Dst: hostport, Err: fmt.Errorf("%s has no addresses", host)}
+	}
+	return nil, netip.AddrPort{}, &Error{Kind: Prohibited, Dst: hostport, Err: fmt.Errorf("%s resolves to no allowed address: %w", host, firstDenial)}
+}
+
+// lookup resolves host with Resolve (or the default resolver) within the
+// dial timeout.
+func (d *Dialer) lookup(ctx context.Context, host string) ([]netip.Addr, error) {
+	timeout := d.Timeout
+	if timeout <= 0 {
+		timeout = DefaultDialTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if d.Resolve != nil {
+		return d.Resolve(ctx, host)
+	}
+	return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 }
 
 // DenySpecial is the part of a server's destination policy that holds for

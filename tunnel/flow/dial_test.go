@@ -3,9 +3,12 @@ package flow
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -173,5 +176,144 @@ func TestDenySpecial(t *testing.T) {
 	}
 	if DenySpecial(netip.Addr{}) == nil {
 		t.Error("DenySpecial(invalid) = nil")
+	}
+}
+
+func TestParseHostPort(t *testing.T) {
+	tests := []struct {
+		in   string
+		host string
+		port uint16
+		bad  bool
+	}{
+		{in: "192.0.2.1:80", host: "192.0.2.1", port: 80},
+		{in: "[2001:db8::1]:443", host: "2001:db8::1", port: 443},
+		{in: "intranet.example:8080", host: "intranet.example", port: 8080},
+		{in: "Host_1.example.:1", host: "Host_1.example.", port: 1},
+		{in: "localhost:0", host: "localhost", port: 0},
+		{in: "example.com", bad: true},
+		{in: "example.com:", bad: true},
+		{in: "example.com:65536", bad: true},
+		{in: "example.com:+80", bad: true},
+		{in: "example.com:http", bad: true},
+		{in: "[example.com]:80", bad: true},
+		{in: "[fe80::1%eth0]:80", bad: true},
+		{in: "a b:80", bad: true},
+		{in: "a..b:80", bad: true},
+		{in: ":80", bad: true},
+		{in: strings.Repeat("a", 64) + ".example:80", bad: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			host, port, err := ParseHostPort(tt.in)
+			if tt.bad {
+				if err == nil || !errors.Is(err, ErrBadAuthority) || !strings.Contains(err.Error(), strconv.Quote(tt.in)) {
+					t.Fatalf("ParseHostPort(%q) = %q, %d, %v; want an ErrBadAuthority naming the input", tt.in, host, port, err)
+				}
+				return
+			}
+			if err != nil || host != tt.host || port != tt.port {
+				t.Fatalf("ParseHostPort(%q) = %q, %d, %v; want %q, %d", tt.in, host, port, err, tt.host, tt.port)
+			}
+		})
+	}
+}
+
+// TestDialHostPort: names are resolved on the server, the policy applies
+// to every address, and the first allowed one is dialed.
+func TestDialHostPort(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	open := netip.MustParseAddrPort(ln.Addr().String())
+	zone := map[string][]netip.Addr{
+		"open.test":    {open.Addr()},
+		"mixed.test":   {netip.MustParseAddr("169.254.169.254"), netip.MustParseAddr("::ffff:192.0.2.7"), netip.MustParseAddr("192.0.2.8")},
+		"special.test": {netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")},
+		"empty.test":   nil,
+	}
+	resolve := func(ctx context.Context, host string) ([]netip.Addr, error) {
+		if host == "slow.test" {
+			<-ctx.Done()
+			return nil, &net.DNSError{Err: "i/o timeout", Name: host, IsTimeout: true}
+		}
+		a, ok := zone[host]
+		if !ok {
+			return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+		}
+		return a, nil
+	}
+	var dialed []string
+	record := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dialed = append(dialed, addr)
+		if addr == open.String() {
+			var nd net.Dialer
+			return nd.DialContext(ctx, network, addr)
+		}
+		return nil, &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	}
+	allowAll := func(netip.AddrPort) error { return nil }
+	policy := func(a netip.AddrPort) error { return DenySpecial(a.Addr()) }
+	tests := []struct {
+		name    string
+		in      string
+		allow   func(netip.AddrPort) error
+		wantDst string // dialed address; "" for none
+		kind    ErrorKind
+		wantErr bool
+	}{
+		{name: "name resolved and dialed", in: fmt.Sprintf("open.test:%d", open.Port()), allow: allowAll, wantDst: open.String()},
+		{name: "literal", in: open.String(), allow: allowAll, wantDst: open.String()},
+		{name: "first allowed address, unmapped", in: "mixed.test:80", allow: policy, wantDst: "192.0.2.7:80", wantErr: true, kind: Refused},
+		{name: "only special addresses", in: "special.test:80", allow: policy, wantErr: true, kind: Prohibited},
+		{name: "policy applies to literal", in: "127.0.0.1:80", allow: policy, wantErr: true, kind: Prohibited},
+		{name: "unknown name", in: "nope.test:80", allow: allowAll, wantErr: true, kind: Unreachable},
+		{name: "no addresses", in: "empty.test:80", allow: allowAll, wantErr: true, kind: Unreachable},
+		{name: "lookup timeout", in: "slow.test:80", allow: allowAll, wantErr: true, kind: Timeout},
+		{name: "name with port 0", in: "open.test:0", allow: allowAll, wantErr: true, kind: Refused},
+		{name: "malformed", in: "open.test", allow: allowAll, wantErr: true, kind: Other},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dialed = nil
+			d := Dialer{Allow: tt.allow, Dial: record, Resolve: resolve, Timeout: 50 * time.Millisecond}
+			c, dst, err := d.DialHostPort(context.Background(), tt.in)
+			if c != nil {
+				c.Close()
+			}
+			if tt.wantDst != "" && (len(dialed) != 1 || dialed[0] != tt.wantDst) {
+				t.Errorf("dialed %v, want [%s]", dialed, tt.wantDst)
+			}
+			if tt.wantDst == "" && len(dialed) != 0 {
+				t.Errorf("dialed %v, want nothing", dialed)
+			}
+			if !tt.wantErr {
+				if err != nil || dst.String() != tt.wantDst {
+					t.Fatalf("DialHostPort(%q) = %v, %v; want %s", tt.in, dst, err, tt.wantDst)
+				}
+				return
+			}
+			var fe *Error
+			if !errors.As(err, &fe) {
+				t.Fatalf("DialHostPort(%q) error %T %v, want *Error", tt.in, err, err)
+			}
+			if fe.Kind != tt.kind {
+				t.Errorf("Kind = %v, want %v (err %v)", fe.Kind, tt.kind, err)
+			}
+			if tt.name == "malformed" && !errors.Is(err, ErrBadAuthority) {
+				t.Errorf("err %v does not wrap ErrBadAuthority", err)
+			}
+		})
 	}
 }

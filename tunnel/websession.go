@@ -1,0 +1,389 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/quic-go/webtransport-go"
+
+	"github.com/roamvpn/roam/tunnel/flow"
+	"github.com/roamvpn/roam/tunnel/webproto"
+)
+
+// Browser sessions: WebTransport at webproto.Path, carrying the protocol of
+// package webproto. Per session:
+//
+//	handleWebTransport   origin check, handshake, Upgrade; then runs the session inline
+//	  acceptLoop         (inline) accepts the client's bidirectional streams
+//	  one goroutine per stream: reads its first message
+//	    HELLO      → the control stream: verify the token, WELCOME, then PING/PONG
+//	    FLOW_OPEN  → a flow: wait for the WELCOME, then serveFlow (as native CONNECT)
+//	  helloTimer         SESSION_ERROR timeout if no valid HELLO within webHelloTimeout
+//
+// The control stream is the stream whose first message is HELLO rather
+// than the first one accepted: webtransport-go may hand streams over in a
+// different order than the client opened them, and a stream's first
+// message says what it is. A second HELLO is a protocol error. Every
+// goroutine ends with the session; handleWebTransport returns only when
+// all have. WebTransport datagrams are not used: http3 queues them per
+// session and drops them once its queue is full.
+
+// Timeouts of a browser session.
+const (
+	// webHelloTimeout bounds the wait for a valid HELLO after the session
+	// is established, and for the first message of any stream.
+	webHelloTimeout = 10 * time.Second
+	// webErrorLinger is how long the server waits, after SESSION_ERROR,
+	// for the client to close the session before it closes it itself
+	// (closing at once could reset the stream before the message is out).
+	webErrorLinger = 2 * time.Second
+	// webWriteTimeout bounds a write on the control stream.
+	webWriteTimeout = 5 * time.Second
+)
+
+// Session close codes (WebTransport CLOSE_WEBTRANSPORT_SESSION error codes;
+// the browser sees them as WebTransportCloseInfo.closeCode, with reason
+// "<webproto code>: <message>"). The SESSION_ERROR message on the control
+// stream, when there is one, says the same.
+const (
+	webCloseNormal       webtransport.SessionErrorCode = 0
+	webCloseUnauthorized webtransport.SessionErrorCode = 1
+	webCloseProtocol     webtransport.SessionErrorCode = 2
+	webCloseTimeout      webtransport.SessionErrorCode = 3
+	webCloseShutdown     webtransport.SessionErrorCode = 4
+)
+
+func webCloseCode(code string) webtransport.SessionErrorCode {
+	switch code {
+	case webproto.CodeUnauthorized:
+		return webCloseUnauthorized
+	case webproto.CodeProtocol:
+		return webCloseProtocol
+	case webproto.CodeTimeout:
+		return webCloseTimeout
+	case webproto.CodeShutdown:
+		return webCloseShutdown
+	}
+	return webCloseProtocol
+}
+
+// wtFlowResetCode is the WebTransport stream error code a flow stream is
+// reset with when either end of the flow failed.
+const wtFlowResetCode webtransport.StreamErrorCode = 0
+
+// handleWebTransport serves a browser's WebTransport session request.
+func (s *Server) handleWebTransport(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.DisableWeb {
+		http.Error(w, "this server has no browser client", http.StatusNotFound)
+		return
+	}
+	if r.URL.Path != webproto.Path {
+		s.rejectWeb(r, "wrong path: the WebTransport endpoint is "+webproto.Path)
+		http.NotFound(w, r)
+		return
+	}
+	if err := s.checkOrigin(r); err != nil {
+		s.rejectWeb(r, err.Error())
+		http.Error(w, "origin not allowed", http.StatusForbidden)
+		return
+	}
+	cs, _ := r.Context().Value(ctxKey{}).(*connState)
+	if cs == nil {
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	// The request may be 0-RTT data (replayable): start nothing before
+	// the handshake has completed.
+	select {
+	case <-cs.conn.HandshakeComplete():
+	case <-r.Context().Done():
+		return
+	}
+	sess, err := s.wt.Upgrade(w, r)
+	if err != nil {
+		s.rejectWeb(r, "WebTransport handshake: "+err.Error())
+		w.WriteHeader(http.StatusBadRequest) // a no-op if Upgrade answered already
+		return
+	}
+	ws := &webSession{
+		srv:    s,
+		cs:     cs,
+		sess:   sess,
+		remote: r.RemoteAddr,
+		origin: r.Header.Get("Origin"),
+		authed: make(chan struct{}),
+		failed: make(chan struct{}),
+	}
+	ws.run()
+}
+
+// webSession is one browser session.
+type webSession struct {
+	srv    *Server
+	cs     *connState
+	sess   *webtransport.Session
+	remote string
+	origin string
+	ctx    context.Context // the session's; ends with it or with the server
+
+	authed chan struct{} // closed once the HELLO is verified
+	owner  string        // the token's ID; written before authed is closed
+
+	failed   chan struct{} // closed when fail starts ending the session
+	failOnce sync.Once
+
+	mu   sync.Mutex
+	ctrl *webtransport.Stream // the control stream once its HELLO was read; guarded by mu
+	wmu  sync.Mutex           // serializes writes on ctrl
+}
+
+// run serves the session until it ends and all its goroutines are done.
+func (ws *webSession) run() {
+	s := ws.srv
+	ctx, cancel := context.WithCancelCause(ws.sess.Context())
+	defer cancel(nil)
+	ws.ctx = ctx
+	stop := context.AfterFunc(s.serverCtx(), func() {
+		ws.fail(webproto.CodeShutdown, "the server is shutting down")
+	})
+	defer stop()
+	s.log.Debug("browser session opened", "remote", ws.remote, "origin", ws.origin)
+	helloTimer := time.AfterFunc(s.helloTimeout, func() {
+		select {
+		case <-ws.authed:
+		default:
+			ws.fail(webproto.CodeTimeout, fmt.Sprintf("no valid HELLO within %v", s.helloTimeout))
+		}
+	})
+	defer helloTimer.Stop()
+
+	var wg sync.WaitGroup
+	for {
+		str, err := ws.sess.AcceptStream(ctx)
+		if err != nil {
+			break
+		}
+		wg.Go(func() { ws.handleStream(str) })
+	}
+	// The session is over (closed by either end, or the server stops):
+	// make sure it is closed, then wait for the streams' goroutines.
+	ws.sess.CloseWithError(webCloseNormal, "")
+	cancel(errors.New("session closed"))
+	helloTimer.Stop()
+	wg.Wait()
+	s.log.Info("browser session ended", "client", ws.ownerIfAuthed(), "remote", ws.remote, "cause", context.Cause(ws.sess.Context()))
+}
+
+func (ws *webSession) ownerIfAuthed() string {
+	select {
+	case <-ws.authed:
+		return ws.owner
+	default:
+		return ""
+	}
+}
+
+// handleStream reads a client stream's first message and serves it as
+// the control stream or a flow.
+func (ws *webSession) handleStream(str *webtransport.Stream) {
+	str.SetReadDeadline(time.Now().Add(ws.srv.helloTimeout))
+	typ, v, err := webproto.ReadMessage(str, webproto.MaxTokenLen)
+	str.SetReadDeadline(time.Time{})
+	if err != nil {
+		abortWT(str)
+		if errors.Is(err, webproto.ErrMalformed) {
+			ws.fail(webproto.CodeProtocol, err.Error())
+		}
+		return
+	}
+	switch typ {
+	case webproto.TypeHello:
+		ws.control(str, v)
+	case webproto.TypeFlowOpen:
+		ws.flow(str, v)
+	default:
+		abortWT(str)
+		ws.fail(webproto.CodeProtocol, fmt.Sprintf("a stream starts with %v; want HELLO or FLOW_OPEN", typ))
+	}
+}
+
+// control serves the control stream: it verifies the HELLO's token,
+// answers WELCOME, then echoes PINGs until the stream or session ends.
+func (ws *webSession) control(str *webtransport.Stream, token []byte) {
+	s := ws.srv
+	ws.mu.Lock()
+	first := ws.ctrl == nil
+	if first {
+		ws.ctrl = str
+	}
+	ws.mu.Unlock()
+	if !first {
+		abortWT(str)
+		ws.fail(webproto.CodeProtocol, "a second HELLO")
+		return
+	}
+	owner, ok := s.cfg.Tokens.Verify(string(token))
+	if !ok {
+		s.stats.AuthFailures.Add(1)
+		s.stats.WebRejected.Add(1)
+		s.log.Info("rejected browser session: bad or missing token", "remote", ws.remote, "origin", ws.origin)
+		ws.fail(webproto.CodeUnauthorized, "the token is not valid")
+		return
+	}
+	welcome := webproto.Welcome{MaxFlows: s.cfg.MaxFlows, Server: s.cfg.Version}
+	for _, p := range s.cfg.Routes {
+		welcome.Routes = append(welcome.Routes, p.String())
+	}
+	if err := ws.writeCtrl(webproto.TypeWelcome, webproto.MarshalJSONValue(&welcome)); err != nil {
+		return // the session is going away
+	}
+	ws.owner = owner
+	close(ws.authed)
+	s.stats.WebSessions.Add(1)
+	s.log.Info("browser session", "client", owner, "remote", ws.remote, "origin", ws.origin)
+
+	for {
+		typ, v, err := webproto.ReadMessage(str, webproto.MaxPingLen)
+		switch {
+		case errors.Is(err, io.EOF):
+			// The client closed its control stream: it is done.
+			ws.sess.CloseWithError(webCloseNormal, "")
+			return
+		case errors.Is(err, webproto.ErrMalformed):
+			ws.fail(webproto.CodeProtocol, err.Error())
+			return
+		case err != nil:
+			return // the session ended
+		case typ == webproto.TypePing:
+			if ws.writeCtrl(webproto.TypePong, v) != nil {
+				return
+			}
+		default:
+			ws.fail(webproto.CodeProtocol, fmt.Sprintf("unexpected %v on the control stream", typ))
+			return
+		}
+	}
+}
+
+// writeCtrl writes one message on the control stream.
+func (ws *webSession) writeCtrl(t webproto.Type, v []byte) error {
+	ws.mu.Lock()
+	str := ws.ctrl
+	ws.mu.Unlock()
+	if str == nil {
+		return errors.New("no control stream")
+	}
+	ws.wmu.Lock()
+	defer ws.wmu.Unlock()
+	str.SetWriteDeadline(time.Now().Add(webWriteTimeout))
+	defer str.SetWriteDeadline(time.Time{})
+	return webproto.WriteMessage(str, t, v)
+}
+
+// fail ends the session for a reason the client should know: SESSION_ERROR
+// on the control stream (if there is one yet), then, once the client has
+// closed the session or webErrorLinger has passed, a session close with the
+// matching code. Flows waiting for the WELCOME are reset. Only the first
+// call counts; it returns when the session is closed.
+func (ws *webSession) fail(code, msg string) {
+	ws.failOnce.Do(func() {
+		close(ws.failed)
+		ws.srv.log.Debug("ending browser session", "remote", ws.remote, "code", code, "msg", msg)
+		if ws.writeCtrl(webproto.TypeSessionError, webproto.MarshalJSONValue(&webproto.SessionError{Code: code, Message: msg})) == nil {
+			ws.mu.Lock()
+			ws.ctrl.Close()
+			ws.mu.Unlock()
+			t := time.NewTimer(webErrorLinger)
+			select {
+			case <-ws.sess.Context().Done():
+			case <-t.C:
+			}
+			t.Stop()
+		}
+		ws.sess.CloseWithError(webCloseCode(code), code+": "+msg)
+	})
+}
+
+// flow serves a flow stream whose FLOW_OPEN carried authority.
+func (ws *webSession) flow(str *webtransport.Stream, authority []byte) {
+	s := ws.srv
+	rep := wtFlowReply{str: str}
+	if len(authority) > webproto.MaxAuthorityLen {
+		rep.refuse(&flow.Error{Kind: flow.Other, Err: fmt.Errorf("%w: FLOW_OPEN authority of %d bytes", flow.ErrBadAuthority, len(authority))}, true)
+		return
+	}
+	select {
+	case <-ws.authed:
+	case <-ws.failed:
+		abortWT(str)
+		return
+	case <-ws.ctx.Done():
+		abortWT(str)
+		return
+	}
+	s.serveFlow(ws.ctx, ws.ctx, ws.cs.flowLimiter(s.cfg.MaxFlows), ws.owner, "webtransport", string(authority), rep)
+}
+
+// wtFlowReply answers a browser flow: FLOW_OK, or FLOW_ERROR with a
+// Proxy-Status field value and the end of the stream.
+type wtFlowReply struct{ str *webtransport.Stream }
+
+func (w wtFlowReply) refuse(fe *flow.Error, _ bool) {
+	w.str.SetWriteDeadline(time.Now().Add(webWriteTimeout))
+	if webproto.WriteMessage(w.str, webproto.TypeFlowError, []byte(fe.ProxyStatusField(flow.ProxyStatusName))) != nil {
+		abortWT(w.str)
+		return
+	}
+	w.str.Close()                     // FIN after FLOW_ERROR
+	w.str.CancelRead(wtFlowResetCode) // nothing more is read from it
+}
+
+func (w wtFlowReply) accept() (flow.Stream, error) {
+	if err := webproto.WriteMessage(w.str, webproto.TypeFlowOK, nil); err != nil {
+		abortWT(w.str)
+		return nil, err
+	}
+	return &wtStream{s: w.str}, nil
+}
+
+// abortWT resets both directions of a stream.
+func abortWT(str *webtransport.Stream) {
+	str.CancelWrite(wtFlowResetCode)
+	str.CancelRead(wtFlowResetCode)
+}
+
+// wtStream adapts a WebTransport stream to flow.Stream: Close is the FIN,
+// the two cancels are the reset, and a reset from the peer is reported as
+// flow.ErrReset.
+type wtStream struct {
+	s    *webtransport.Stream
+	once sync.Once
+}
+
+func (w *wtStream) Read(p []byte) (int, error) {
+	n, err := w.s.Read(p)
+	return n, wtResetErr(err)
+}
+
+func (w *wtStream) Write(p []byte) (int, error) {
+	n, err := w.s.Write(p)
+	return n, wtResetErr(err)
+}
+
+func (w *wtStream) CloseWrite() error { return w.s.Close() }
+
+func (w *wtStream) Abort() { w.once.Do(func() { abortWT(w.s) }) }
+
+// wtResetErr marks the peer's RESET_STREAM / STOP_SENDING as flow.ErrReset.
+func wtResetErr(err error) error {
+	var se *webtransport.StreamError
+	if errors.As(err, &se) && se.Remote {
+		return fmt.Errorf("%w: %w", flow.ErrReset, err)
+	}
+	return err
+}
