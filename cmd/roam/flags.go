@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/netip"
 	"strings"
+
+	"github.com/roamvpn/roam/tunnel"
 )
 
 // prefixList is a repeatable CIDR flag.
@@ -32,6 +34,21 @@ func (p *prefixList) Set(v string) error {
 		p.vals, p.set = nil, true
 	}
 	p.vals = append(p.vals, pfx.Masked())
+	return nil
+}
+
+// stringList is the repeatable --web-origin flag; each value is checked
+// and kept in canonical form.
+type stringList struct{ vals []string }
+
+func (l *stringList) String() string { return strings.Join(l.vals, ",") }
+
+func (l *stringList) Set(v string) error {
+	o, err := tunnel.ParseWebOrigin(strings.TrimSpace(v))
+	if err != nil {
+		return errors.New("expected an origin scheme://host[:port] like https://vpn.example.com (no path, no trailing /)")
+	}
+	l.vals = append(l.vals, o)
 	return nil
 }
 
@@ -71,6 +88,7 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) (help bool, e
 		// flag's messages are "invalid value "x" for flag -pool4: expected ..."
 		// and "flag provided but not defined: -x": one line each.
 		msg := strings.ReplaceAll(err.Error(), "flag -", "flag --")
+		msg = strings.ReplaceAll(msg, `" for -`, `" for --`) // bool flags: `invalid boolean value "x" for -web`
 		if name, ok := strings.CutPrefix(err.Error(), "flag provided but not defined: -"); ok {
 			msg = "unknown flag --" + strings.TrimPrefix(name, "-") + " (roam " + fs.Name() + " -h lists the flags)"
 		}

@@ -22,6 +22,7 @@ import (
 	"github.com/roamvpn/roam/tun/usernat"
 	"github.com/roamvpn/roam/tunnel"
 	"github.com/roamvpn/roam/tunnel/addrpool"
+	"github.com/roamvpn/roam/web"
 )
 
 type serverFlags struct {
@@ -39,7 +40,16 @@ type serverFlags struct {
 	public   string
 	logLevel string
 	debug    string
+
+	web        bool
+	webOrigins stringList
+	webDir     string
 }
+
+// webAssets is the browser client embedded in the binary (index.html,
+// roam.js, worker.js, app.js, wasm_exec.js, roam.wasm at the root; the
+// last two only after `go generate ./web`). --web-dir replaces it.
+var webAssets fs.FS = web.Assets
 
 func defaultStateDir() string {
 	if os.Geteuid() == 0 {
@@ -81,6 +91,9 @@ func parseServerFlags(args []string, stdout io.Writer) (*serverFlags, bool, erro
 	fs.StringVar(&f.public, "public", "", "`HOST` clients dial, for the printed client line; default: a local address")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
 	fs.StringVar(&f.debug, "debug", "", "serve pprof and counters on this loopback `HOST:PORT` (off by default)")
+	fs.BoolVar(&f.web, "web", true, "serve the browser client: WebTransport sessions, and the page over HTTP/3 and over TCP on the same port number (--web=false: none of it)")
+	fs.Var(&f.webOrigins, "web-origin", "`ORIGIN` (scheme://host[:port]) whose pages may open browser sessions (repeatable); default: the server's own origin only")
+	fs.StringVar(&f.webDir, "web-dir", "", "serve the browser client's files from `DIR` instead of the embedded ones (development)")
 	help, err := parseFlags(fs, args, stdout)
 	if help || err != nil {
 		return nil, help, err
@@ -96,6 +109,14 @@ func parseServerFlags(args []string, stdout io.Writer) (*serverFlags, bool, erro
 	}
 	if f.tunName == "" || len(f.tunName) > 15 {
 		return nil, false, usagef("server: invalid value %q for flag --tun: expected an interface name of 1-15 characters", f.tunName)
+	}
+	if f.webDir != "" {
+		if st, err := os.Stat(f.webDir); err != nil || !st.IsDir() {
+			return nil, false, usagef("server: invalid value %q for flag --web-dir: expected a directory holding index.html and roam.wasm", f.webDir)
+		}
+	}
+	if !f.web && (f.webDir != "" || len(f.webOrigins.vals) > 0) {
+		return nil, false, usagef("server: flags --web-dir and --web-origin need the browser client; drop them or --web=false")
 	}
 	return f, false, nil
 }
@@ -190,6 +211,10 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer cleanup()
 
+	assets := webAssets
+	if f.webDir != "" {
+		assets = os.DirFS(f.webDir)
+	}
 	srv, err := tunnel.NewServer(tunnel.ServerConfig{
 		TLS:    &tls.Config{Certificates: []tls.Certificate{cert}},
 		Tokens: tokens,
@@ -202,6 +227,14 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		// Flows to the gateway reach the host's loopback in userspace
 		// mode, as packets do there.
 		GatewayLoopback: f.nat == "userspace",
+
+		DisableWeb: !f.web,
+		Web:        assets,
+		WebOrigins: f.webOrigins.vals,
+		// Browsers cannot pin the long-lived self-signed certificate;
+		// they get rotating short-lived ones (a --cert is used as is).
+		WebSelfSigned: f.cert == "",
+		Version:       "roam " + version,
 	})
 	if err != nil {
 		return err
@@ -214,14 +247,36 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			host = publicHost(f.listen)
 		}
 		log.Info("roam server ready", "listen", pc.LocalAddr(), "nat", f.nat, "pool4", f.pool4.val, "pool6", f.pool6.val,
-			"pin", pin, "tokens", tokensFile)
+			"pin", pin, "tokens", tokensFile, "web", webState(f, assets, srv))
 		line := fmt.Sprintf("roam client --server %s --token %s --pin %s",
 			net.JoinHostPort(host, fmt.Sprint(port)), printToken, pin)
 		fmt.Fprintf(stdout, "Connect a client with:\n  %s\n", line)
+		if f.web && assets != nil && srv.WebAddr() != nil {
+			fmt.Fprintf(stdout, "Browser client: https://%s/", net.JoinHostPort(host, fmt.Sprint(port)))
+			if lh, _, _ := net.SplitHostPort(f.listen); lh == "" || net.ParseIP(lh) != nil && (net.ParseIP(lh).IsUnspecified() || net.ParseIP(lh).IsLoopback()) {
+				fmt.Fprintf(stdout, " (on this host also http://127.0.0.1:%d/)", port)
+			}
+			fmt.Fprintln(stdout)
+		}
 	}()
 	err = srv.Serve(ctx, pc)
 	log.Info("roam server stopped")
 	return err
+}
+
+// webState describes the browser client for the ready log line.
+func webState(f *serverFlags, web fs.FS, srv *tunnel.Server) string {
+	switch {
+	case !f.web:
+		return "off"
+	case web == nil:
+		return "sessions only (no page in this binary)"
+	case srv.WebAddr() == nil:
+		return "page over HTTP/3 only (TCP port busy)"
+	case f.webDir != "":
+		return "page from " + f.webDir
+	}
+	return "on"
 }
 
 // serverDevice builds the NAT side: kernel TUN + forwarding + nftables
