@@ -564,23 +564,40 @@ return {isResponse: r instanceof Response, status: r.status, type: r.headers.get
 	}
 	var frame struct {
 		Exists     bool   `json:"exists"`
+		Hidden     bool   `json:"hidden"`
 		HasSandbox bool   `json:"hasSandbox"`
 		Sandbox    string `json:"sandbox"`
 		Srcdoc     string `json:"srcdoc"`
-		Src        string `json:"src"`
+		Opaque     bool   `json:"opaque"`
+		Leaked     bool   `json:"leaked"`
 	}
+	// Wait for the frame's document: contentDocument is only meaningful
+	// once it has loaded.
+	e.waitFor("the frame to load", `(() => { const f = document.getElementById("resp-frame");
+  return f && !f.hidden && f.srcdoc !== ""; })()`, 5*time.Second)
 	if err := e.wd.exec(`const f = document.getElementById("resp-frame");
-return f ? {exists: true, hasSandbox: f.hasAttribute("sandbox"), sandbox: f.getAttribute("sandbox") || "", srcdoc: f.srcdoc || "", src: f.src || ""} : {exists: false};`, &frame); err != nil {
+return f ? {exists: true, hidden: f.hidden, hasSandbox: f.hasAttribute("sandbox"), sandbox: f.getAttribute("sandbox") || "",
+  srcdoc: f.srcdoc || "", opaque: f.contentDocument === null,
+  leaked: document.getElementById("internal") !== null} : {exists: false};`, &frame); err != nil {
 		t.Fatal(err)
 	}
-	if !frame.Exists || !frame.HasSandbox {
-		t.Errorf("#resp-frame = %+v; want a sandboxed iframe", frame)
+	if !frame.Exists || frame.Hidden || !frame.HasSandbox {
+		t.Errorf("#resp-frame = %+v; want a shown, sandboxed iframe", frame)
 	}
-	if strings.Contains(frame.Sandbox, "allow-scripts") && strings.Contains(frame.Sandbox, "allow-same-origin") {
-		t.Errorf("#resp-frame sandbox %q allows scripts and same origin: no sandbox at all", frame.Sandbox)
+	for _, tok := range strings.Fields(frame.Sandbox) {
+		if tok == "allow-scripts" || tok == "allow-same-origin" {
+			t.Errorf("#resp-frame sandbox %q has %s: tunnelled HTML must run no script and have an opaque origin", frame.Sandbox, tok)
+		}
 	}
-	if frame.Srcdoc != "" && !strings.Contains(frame.Srcdoc, e.be.nonce) {
+	if !frame.Opaque {
+		t.Error("the page can reach the frame's document: the tunnelled HTML is not in an opaque origin")
+	}
+	if !strings.Contains(frame.Srcdoc, e.be.nonce) {
 		t.Errorf("#resp-frame srcdoc lacks the page's nonce: %.200q", frame.Srcdoc)
+	}
+	// The HTML is shown as text in #resp-body, never parsed into the page.
+	if frame.Leaked {
+		t.Error("the tunnelled page's <h1 id=internal> is in Roam's page: HTML was inserted as markup")
 	}
 }
 
@@ -634,15 +651,13 @@ func TestBrowserWrongToken(t *testing.T) {
 	if got := e.text("status"); got == "connected" {
 		t.Errorf("#status = %q with a wrong token", got)
 	}
-	var api string
-	e.wd.exec(`return typeof window.roam;`, &api)
-	if api == "object" {
-		// The API instance is only for a connected session.
-		var connected bool
-		e.wd.exec(`return !!(window.roam && window.roam.connected);`, &connected)
-		if connected {
-			t.Errorf("window.roam reports connected with a wrong token")
-		}
+	// window.roam is only set for a connected session.
+	var state any
+	if err := e.wd.exec(`return window.roam ? window.roam.status.state : null;`, &state); err != nil {
+		t.Fatal(err)
+	}
+	if state != nil {
+		t.Errorf("window.roam is set (state %v) after a wrong token", state)
 	}
 }
 
@@ -702,8 +717,14 @@ func TestBrowserServerGone(t *testing.T) {
   document.getElementById("error").textContent !== ""`, 15*time.Second)
 	msg := e.text("error")
 	t.Logf("server stopped: after %v #status %q, #error %q", time.Since(start).Round(time.Millisecond), e.text("status"), msg)
-	if l := strings.ToLower(msg); !strings.Contains(l, "lost") && !strings.Contains(l, "ended") {
-		t.Errorf("#error = %q after the server stopped, want it to say the session was lost or ended", msg)
+	l := strings.ToLower(msg)
+	if strings.Contains(e.rs.log.String(), "code=shutdown") {
+		// The server said why (SESSION_ERROR shutdown): the page must too.
+		if !strings.Contains(l, "shutting down") {
+			t.Errorf("#error = %q after the server sent SESSION_ERROR shutdown, want it to say the server is shutting down", msg)
+		}
+	} else if !strings.Contains(l, "lost") && !strings.Contains(l, "shutting down") {
+		t.Errorf("#error = %q after the server stopped, want it to say the session was lost or the server is shutting down", msg)
 	}
 
 	// Signing in again fails with "server unreachable", not a hang.
@@ -719,5 +740,44 @@ func TestBrowserServerGone(t *testing.T) {
 	}
 	if l := strings.ToLower(msg); !strings.Contains(l, "unreachable") && !strings.Contains(l, "no answer") {
 		t.Errorf("#error = %q signing in with the server stopped, want \"Server unreachable\" or \"No answer\"", msg)
+	}
+}
+
+// TestBrowserConcurrentSignIn signs in twice at once through the JS API
+// and then closes what connected: every session the server opened must
+// end. (A sign-in that another one overtook must not leave its session
+// open in the worker.)
+func TestBrowserConcurrentSignIn(t *testing.T) {
+	e := newBrowserEnv(t)
+	e.wd.navigate(e.rs.page)
+	e.waitFor("roam.js", `typeof window.Roam === "function"`, 10*time.Second)
+	var res struct {
+		OK    int      `json:"ok"`
+		Codes []string `json:"codes"`
+	}
+	if err := e.wd.execAsync(`const tok = arguments[0];
+const rs = await Promise.allSettled([Roam.connect({token: tok}), Roam.connect({token: tok})]);
+const ok = rs.filter(r => r.status === "fulfilled").map(r => r.value);
+const codes = rs.filter(r => r.status === "rejected").map(r => String(r.reason && r.reason.code));
+for (const r of ok) await r.close();
+return {ok: ok.length, codes};`, &res, e.rs.token); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("two concurrent sign-ins: %d connected, rejected with %q", res.OK, res.Codes)
+	if res.OK < 1 {
+		t.Errorf("no sign-in of two succeeded (rejections %q)", res.Codes)
+	}
+	for _, c := range res.Codes {
+		if c != "canceled" {
+			t.Errorf("a sign-in failed with %q; want only \"canceled\" (overtaken)", c)
+		}
+	}
+	count := func() (opened, ended int) {
+		log := e.rs.log.String()
+		return strings.Count(log, "browser session opened"), strings.Count(log, "browser session ended")
+	}
+	if !waitUntil(10*time.Second, func() bool { o, n := count(); return o > 0 && o == n }) {
+		o, n := count()
+		t.Errorf("the server opened %d browser sessions and saw %d end after the page closed its one: a session leaked", o, n)
 	}
 }

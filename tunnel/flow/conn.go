@@ -25,8 +25,9 @@ type Conn struct {
 	local, remote net.Addr
 
 	closeOnce sync.Once
-	closed    atomic.Bool // Close was called
-	readEOF   atomic.Bool // Read returned io.EOF: the peer's side is done
+	closed    atomic.Bool  // Close was called
+	readEOF   atomic.Bool  // Read returned io.EOF: the peer's side is done
+	writing   atomic.Int32 // Writes in progress
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -80,6 +81,8 @@ func (c *Conn) Read(p []byte) (int, error) {
 // Write writes p to the stream; it fails with net.ErrClosed after Close.
 // The caller keeps ownership of p.
 func (c *Conn) Write(p []byte) (int, error) {
+	c.writing.Add(1) // before the check: Close sees it, or Write sees Close
+	defer c.writing.Add(-1)
 	if c.closed.Load() {
 		return 0, net.ErrClosed
 	}
@@ -99,13 +102,20 @@ func (c *Conn) CloseWrite() error { return c.s.CloseWrite() }
 // returned io.EOF), it also stops reading: with the Stream's CloseRead
 // method if it has one (QUIC STOP_SENDING, so the destination sees a reset
 // if it sends more, as a TCP peer would), otherwise by Abort, which may
-// also discard written data not yet delivered. Blocked Reads and Writes
-// return net.ErrClosed. Close is idempotent and always returns nil or the
+// also discard written data not yet delivered. If a Write is in progress
+// (blocked under flow control, say), Close resets the stream instead (Abort):
+// a FIN cannot follow data that was never handed over, and a Stream need
+// not unblock a Write on CloseWrite. Blocked Reads and Writes return
+// net.ErrClosed. Close is idempotent and always returns nil or the
 // CloseWrite error of the first call.
 func (c *Conn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
 		c.closed.Store(true)
+		if c.writing.Load() > 0 {
+			c.s.Abort()
+			return
+		}
 		err = c.s.CloseWrite()
 		if c.readEOF.Load() {
 			return

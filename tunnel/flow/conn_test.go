@@ -237,3 +237,65 @@ func TestConnHTTP(t *testing.T) {
 		t.Errorf("%d dials for 3 requests, want 1 (connection reuse)", n)
 	}
 }
+
+// lazyFINEnd is a Pipe end whose CloseWrite, like the browser's stream,
+// does not wake a Write blocked under flow control (the FIN waits behind
+// the data), and whose CloseRead (STOP_SENDING) does not touch writing.
+type lazyFINEnd struct {
+	*flowtest.End
+	finCalls atomic.Int32
+}
+
+func (e *lazyFINEnd) CloseWrite() error { e.finCalls.Add(1); return nil }
+
+func (e *lazyFINEnd) CloseRead() error { return nil }
+
+// TestConnCloseBlockedWrite checks that Close unblocks a Write stuck under
+// flow control (the peer does not read) even on a Stream whose CloseWrite
+// would not: Close resets the stream, as net.Conn's contract needs.
+func TestConnCloseBlockedWrite(t *testing.T) {
+	a, b := flowtest.NewPipe(16)
+	s := &lazyFINEnd{End: a}
+	c := flow.NewConn(s, nil, nil)
+	writeErr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(make([]byte, 1024)) // more than the pipe holds
+		writeErr <- err
+	}()
+	time.Sleep(10 * time.Millisecond) // let Write block
+	select {
+	case err := <-writeErr:
+		t.Fatalf("Write returned %v before Close; want it blocked", err)
+	default:
+	}
+	c.Close()
+	select {
+	case err := <-writeErr:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("blocked Write returned %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Write still blocked after Close")
+	}
+	if !a.Aborted() {
+		t.Error("Close with a blocked Write did not reset the stream")
+	}
+	if _, err := b.Read(make([]byte, 64)); err != nil && !flow.IsReset(err) {
+		t.Errorf("peer Read = %v, want data or a reset", err)
+	}
+
+	// Without a Write in progress, Close sends FIN and does not reset.
+	a2, _ := flowtest.Pipe()
+	s2 := &lazyFINEnd{End: a2}
+	c2 := flow.NewConn(s2, nil, nil)
+	if _, err := c2.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	c2.Close()
+	if s2.finCalls.Load() != 1 {
+		t.Errorf("CloseWrite called %d times by Close, want 1", s2.finCalls.Load())
+	}
+	if a2.Aborted() {
+		t.Error("Close without a Write in progress reset the stream")
+	}
+}

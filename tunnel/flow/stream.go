@@ -7,9 +7,10 @@ import (
 
 // Stream is one flow's reliable byte stream to the peer: an HTTP/3 CONNECT
 // request stream, a WebTransport bidirectional stream, or a test fake. Read
-// and Write may be called concurrently with each other and with CloseWrite
-// and Abort; Read is not called concurrently with Read, nor Write with
-// Write.
+// and Write may be called concurrently with each other, and Abort with
+// anything; Read is not called concurrently with Read, nor Write with Write
+// or CloseWrite (quic-go's SendStream.Close must not run concurrently with
+// Write: to end a blocked Write, Abort).
 //
 // Adapting quic-go: Read and Write are the stream's; CloseWrite is Close
 // (FIN); Abort is CancelWrite(code) plus CancelRead(code); and the adapter

@@ -376,8 +376,8 @@ func TestPingAndEnd(t *testing.T) {
 	if err := c.Err(); !errors.As(err, &se) || se.Code != webproto.CodeShutdown {
 		t.Errorf("Err() = %v, want the SESSION_ERROR", err)
 	}
-	if got := client.ErrorCode(c.Err()); got != client.CodeSession {
-		t.Errorf("ErrorCode(Err()) = %q, want session", got)
+	if got := client.ErrorCode(c.Err()); got != client.CodeShutdown {
+		t.Errorf("ErrorCode(Err()) = %q, want shutdown", got)
 	}
 	_, err := c.Dial(context.Background(), "tcp", "echo.test:7")
 	if got := client.ErrorCode(err); got != client.CodeClosed {
@@ -423,5 +423,37 @@ func TestSessionLost(t *testing.T) {
 	}
 	if got := client.ErrorCode(c.Err()); got != client.CodeLost || !errors.Is(c.Err(), client.ErrSessionLost) {
 		t.Errorf("Err() = %v (code %q), want ErrSessionLost (code lost)", c.Err(), got)
+	}
+}
+
+// TestSessionErrorCodes checks that every SESSION_ERROR code the server
+// sends reaches the page as its own code (or reason), so that the page
+// can say what happened: a wrong token, a server going down, a protocol
+// mismatch, a sign-in that took too long.
+func TestSessionErrorCodes(t *testing.T) {
+	tests := []struct {
+		code       string
+		wantCode   client.Code
+		wantReason string
+	}{
+		{webproto.CodeUnauthorized, client.CodeUnauthorized, webproto.CodeUnauthorized},
+		{webproto.CodeShutdown, client.CodeShutdown, webproto.CodeShutdown},
+		{webproto.CodeProtocol, client.CodeSession, webproto.CodeProtocol},
+		{webproto.CodeTimeout, client.CodeSession, webproto.CodeTimeout},
+		{"something-new", client.CodeSession, "something-new"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.code, func(t *testing.T) {
+			err := fmt.Errorf("client: sign-in: %w", &webproto.SessionError{Code: tt.code, Message: "m"})
+			if got := client.ErrorCode(err); got != tt.wantCode {
+				t.Errorf("ErrorCode = %q, want %q", got, tt.wantCode)
+			}
+			if got := client.SessionReason(err); got != tt.wantReason {
+				t.Errorf("SessionReason = %q, want %q", got, tt.wantReason)
+			}
+		})
+	}
+	if got := client.SessionReason(client.ErrClosed); got != "" {
+		t.Errorf("SessionReason(ErrClosed) = %q, want none", got)
 	}
 }

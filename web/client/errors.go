@@ -32,7 +32,8 @@ type Code string
 // Codes.
 const (
 	CodeUnauthorized Code = "unauthorized" // the server did not accept the token
-	CodeSession      Code = "session"      // the server ended the session (another SESSION_ERROR)
+	CodeShutdown     Code = "shutdown"     // the server is shutting down or restarting (SESSION_ERROR shutdown)
+	CodeSession      Code = "session"      // the server ended the session (another SESSION_ERROR; SessionReason says why)
 	CodeClosed       Code = "closed"       // the session has ended
 	CodeLost         Code = "lost"         // the session ended without a reason from the server
 	CodeProhibited   Code = "prohibited"   // the server's policy refused the destination
@@ -65,8 +66,11 @@ func ErrorCode(err error) Code {
 	case errors.Is(err, ErrSessionLost):
 		return CodeLost
 	case errors.As(err, &se):
-		if se.Code == webproto.CodeUnauthorized {
+		switch se.Code {
+		case webproto.CodeUnauthorized:
 			return CodeUnauthorized
+		case webproto.CodeShutdown:
+			return CodeShutdown
 		}
 		return CodeSession
 	case errors.As(err, &fe):
@@ -93,4 +97,15 @@ func ErrorCode(err error) Code {
 		return CodeTimeout
 	}
 	return CodeOther
+}
+
+// SessionReason returns the server's SESSION_ERROR code (a webproto.Code*
+// constant, e.g. webproto.CodeProtocol or webproto.CodeTimeout) if err
+// carries one, else "". The page words CodeSession errors by it.
+func SessionReason(err error) string {
+	var se *webproto.SessionError
+	if errors.As(err, &se) {
+		return se.Code
+	}
+	return ""
 }

@@ -13,7 +13,7 @@
   const $ = (id) => document.getElementById(id);
   const T = window.roamTimings;
   const TOKEN_KEY = 'roam.token';
-  const MAX_SHOWN = 8 << 20; // body bytes shown as text
+  const MAX_SHOWN = 8 << 20; // body bytes kept and shown as text; the rest is counted, not kept
 
   let config = null;
   let conn = null; // the TCP console's RoamConn
@@ -126,13 +126,12 @@
       const lines = [];
       for (const [k, v] of resp.headers) lines.push(`${k}: ${v}`);
       $('resp-headers').textContent = lines.join('\n');
-      const buf = await resp.arrayBuffer();
+      const { shown, total } = await readCapped(resp, MAX_SHOWN);
       T.fetchEnd = performance.now();
-      $('resp-time').textContent = `(${buf.byteLength} bytes, first byte ${(T.fetchHead - T.fetchStart).toFixed(0)} ms, total ${(T.fetchEnd - T.fetchStart).toFixed(0)} ms)`;
-      const shown = buf.byteLength > MAX_SHOWN ? buf.slice(0, MAX_SHOWN) : buf;
+      $('resp-time').textContent = `(${total} bytes, first byte ${(T.fetchHead - T.fetchStart).toFixed(0)} ms, total ${(T.fetchEnd - T.fetchStart).toFixed(0)} ms)`;
       const text = new TextDecoder().decode(shown);
       $('resp-body').textContent = text;
-      if (shown !== buf) $('resp-note').textContent = `showing the first ${fmtBytes(MAX_SHOWN)} of ${fmtBytes(buf.byteLength)}`;
+      if (total > shown.byteLength) $('resp-note').textContent = `showing the first ${fmtBytes(shown.byteLength)} of ${fmtBytes(total)}`;
       if ((resp.headers.get('content-type') || '').toLowerCase().startsWith('text/html')) {
         frame.srcdoc = text;
         frame.hidden = false;
@@ -142,6 +141,31 @@
     } finally {
       $('go').disabled = false;
     }
+  }
+
+  // readCapped reads resp's body to the end, keeping its first max bytes:
+  // a large download is counted without being held in memory.
+  async function readCapped(resp, max) {
+    const kept = [];
+    let keptBytes = 0;
+    let total = 0;
+    if (resp.body) {
+      const rd = resp.body.getReader();
+      for (;;) {
+        const { value, done } = await rd.read();
+        if (done) break;
+        total += value.byteLength;
+        if (keptBytes < max) {
+          const part = value.byteLength > max - keptBytes ? value.subarray(0, max - keptBytes) : value;
+          kept.push(part);
+          keptBytes += part.byteLength;
+        }
+      }
+    }
+    const shown = new Uint8Array(keptBytes);
+    let off = 0;
+    for (const c of kept) { shown.set(c, off); off += c.byteLength; }
+    return { shown, total };
   }
 
   function tcpUI(open) {
@@ -170,6 +194,7 @@
       const dec = new TextDecoder();
       c.onmessage = (u8) => { out.textContent += dec.decode(u8, { stream: true }); };
       c.onclose = (err) => {
+        c.close(); // the peer finished: release the flow (close is idempotent)
         out.textContent += err ? `[${err.message}]\n` : '[closed]\n';
         if (err) showError(err);
         if (conn === c) { conn = null; tcpUI(false); }

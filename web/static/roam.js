@@ -50,12 +50,21 @@
       case 'bad-config': return `The server's page configuration is not usable: ${info.message}`;
       case 'wasm-missing': return 'The client program (roam.wasm) is missing on this server: build it with `go generate ./web` and rebuild the server.';
       case 'wasm-load': case 'exited': return `The client program failed: ${info.message}`;
-      case 'session': return `The server ended the session: ${info.message}`;
+      case 'shutdown': return 'The server is shutting down or restarting: sign in again in a moment.';
+      case 'session':
+        switch (info.reason) {
+          case 'protocol': return 'The server ended the session: this page and the server do not speak the same protocol (reload the page; if that does not help, the server\'s operator should know).';
+          case 'timeout': return 'The server ended the session: the sign-in did not reach it in time. Check your connection and sign in again.';
+        }
+        return `The server ended the session: ${info.message}`;
       case 'closed': return 'Not connected: the session to the server has ended.';
       case 'lost': return 'The connection to the server was lost: sign in again.';
       case 'prohibited': return `Refused by policy: the server does not allow connections to ${dst}.`;
       case 'refused': return `Connection refused: nothing accepted the connection at ${dst}.`;
-      case 'timeout': return `Timed out: ${dst} did not answer in time.`;
+      case 'timeout':
+        // Without a destination it is the sign-in that timed out.
+        if (!info.dst && !ctx.dst) return `Timed out: ${server} did not answer the sign-in in time. Check your connection and sign in again.`;
+        return `Timed out: ${dst} did not answer in time.`;
       case 'unreachable': return `Unreachable: the server has no route to ${dst}, or the name does not resolve.`;
       case 'limit': return 'Too many connections at once: the server\'s flow limit was reached. Try again in a moment.';
       case 'reset': return `The connection to ${dst} was reset.`;
@@ -68,7 +77,9 @@
 
   function roamError(info, ctx = {}) {
     const code = info.code || 'other';
-    return new RoamError(code, humanMessage(code, info, ctx), info.message, info.dst || ctx.dst);
+    const e = new RoamError(code, humanMessage(code, info, ctx), info.message, info.dst || ctx.dst);
+    if (info.reason) e.reason = info.reason; // the server's SESSION_ERROR code
+    return e;
   }
 
   // Link is one worker running roam.wasm.
@@ -78,6 +89,7 @@
       this.nextId = 1;
       this.handlers = new Map(); // id → {result, error, head, data, end, sent}
       this.instance = null; // the connected Roam
+      this.dead = null; // the RoamError once the worker or Go has failed
       let ready, fail;
       this.ready = new Promise((res, rej) => { ready = res; fail = rej; });
       this.fail = fail;
@@ -105,8 +117,7 @@
           ready(this);
           return;
         case 'fatal':
-          fail(roamError({ code: m.code, message: m.message }));
-          if (this.instance) this.instance._closed({ code: m.code, message: m.message });
+          this.die({ code: m.code, message: m.message }, fail);
           return;
         case 'status':
           if (m.id === 0) {
@@ -124,7 +135,33 @@
       if (f) f(m.data !== undefined ? m.data : m.json);
     }
 
+    // die marks the link dead (Go exited or could not start): the session
+    // ends, calls in progress and later ones fail with info, and the next
+    // Roam.load starts a new worker.
+    die(info, fail) {
+      if (this.dead) return;
+      this.dead = roamError(info);
+      fail(this.dead);
+      if (links.get(this.base) === this.ready) links.delete(this.base);
+      const hs = [...this.handlers.values()];
+      this.handlers.clear();
+      const j = JSON.stringify(info);
+      for (const h of hs) if (h.error) h.error(j);
+      if (this.instance) this.instance._closed(info);
+      this.worker.terminate();
+    }
+
     post(msg, transfer) {
+      if (this.dead) {
+        // Fail asynchronously, as an answer from the worker would.
+        const h = this.handlers.get(msg.id);
+        if (h && h.error) {
+          this.handlers.delete(msg.id);
+          const j = JSON.stringify({ code: this.dead.code, message: this.dead.detail });
+          queueMicrotask(() => h.error(j));
+        }
+        return;
+      }
       this.worker.postMessage(msg, transfer || []);
     }
 
@@ -336,7 +373,13 @@
             }
             let resp;
             try {
-              resp = new Response(stream, { status: h.status, statusText: h.statusText, headers });
+              try {
+                resp = new Response(stream, { status: h.status, statusText: h.statusText, headers });
+              } catch (e) {
+                // A reason phrase the browser rejects (not Latin-1, say):
+                // the status code alone will do.
+                resp = new Response(stream, { status: h.status, headers });
+              }
             } catch (e) {
               link.post({ op: 'abort', id });
               fail(roamError({ code: 'protocol', message: `HTTP status ${h.status} cannot be a Response: ${e.message}` }, { dst }));

@@ -52,6 +52,11 @@ type bridge struct {
 	mu     sync.Mutex
 	client *client.Client // guarded by mu; nil when not connected
 	ops    map[int]*op    // guarded by mu; fetches and dials in progress
+	// connGen counts connects and disconnects: a connect whose generation
+	// is no longer current when its session is up (a later connect or a
+	// disconnect came meanwhile) closes it instead of installing it.
+	connGen    int                // guarded by mu
+	connCancel context.CancelFunc // guarded by mu; cancels the connect in progress, if any
 }
 
 // op is one fetch or dial in progress.
@@ -225,6 +230,9 @@ type errorInfo struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 	Dst     string `json:"dst,omitempty"`
+	// Reason is the server's SESSION_ERROR code (webproto.Code*), for
+	// code "session".
+	Reason string `json:"reason,omitempty"`
 }
 
 func describe(err error) errorInfo {
@@ -239,6 +247,7 @@ func describe(err error) errorInfo {
 	if errors.As(err, &fe) {
 		info.Dst = fe.Dst
 	}
+	info.Reason = client.SessionReason(err)
 	return info
 }
 
@@ -272,7 +281,7 @@ func (r *connectReq) check() error {
 }
 
 func (b *bridge) connect(id int, req connectReq) {
-	b.disconnect()
+	ctx, gen := b.newConnect()
 	if req.debug {
 		b.level.Set(slog.LevelDebug)
 	}
@@ -291,7 +300,6 @@ func (b *bridge) connect(id int, req connectReq) {
 	if req.timeout <= 0 {
 		req.timeout = defaultConnectTimeout
 	}
-	ctx := context.Background()
 	sess, err := b.t.dial(ctx, req.url, req.hashes, req.timeout)
 	if err != nil {
 		b.log.Info("session failed", "url", req.url, "err", err)
@@ -304,8 +312,18 @@ func (b *bridge) connect(id int, req connectReq) {
 		return
 	}
 	b.mu.Lock()
-	b.client = c
+	current := b.connGen == gen
+	if current {
+		b.client = c
+		b.connCancel = nil
+	}
 	b.mu.Unlock()
+	if !current {
+		// Signed out, or signed in again, while this sign-in ran.
+		c.Close()
+		b.postError(id, fmt.Errorf("sign-in abandoned: %w", context.Canceled))
+		return
+	}
 	w := c.Welcome()
 	b.postJSON("result", id, struct {
 		Server   string   `json:"server"`
@@ -358,14 +376,37 @@ func (b *bridge) postStatus(id int) {
 	b.postJSON("status", id, status{"connected", float64(st.RTT.Microseconds()) / 1000, st.Up, st.Down, st.Flows})
 }
 
+// disconnect closes the session, if any, and abandons a connect in
+// progress.
 func (b *bridge) disconnect() {
 	b.mu.Lock()
+	b.connGen++
+	if b.connCancel != nil {
+		b.connCancel()
+		b.connCancel = nil
+	}
 	c := b.client
 	b.client = nil
 	b.mu.Unlock()
 	if c != nil {
 		c.Close()
 	}
+}
+
+// newConnect disconnects (see disconnect) and starts a connect: it returns
+// the context that a later connect or disconnect cancels, and the
+// connect's generation.
+func (b *bridge) newConnect() (context.Context, int) {
+	b.disconnect()
+	ctx, cancel := context.WithCancel(context.Background())
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.connCancel != nil { // another connect started between the two locks
+		b.connCancel()
+	}
+	b.connGen++
+	b.connCancel = cancel
+	return ctx, b.connGen
 }
 
 // fetch.
@@ -417,7 +458,7 @@ func (b *bridge) fetch(ctx context.Context, id int, o *op, req fetchReq) {
 	}
 	resp, err := hc.Do(hreq)
 	if err != nil {
-		b.postError(id, err)
+		b.postError(id, ended(c, err))
 		return
 	}
 	defer resp.Body.Close()
@@ -441,13 +482,23 @@ func (b *bridge) fetch(ctx context.Context, id int, o *op, req fetchReq) {
 		}
 	}
 	b.postJSON("head", id, h)
-	b.pump(ctx, id, o, resp.Body)
+	b.pump(ctx, id, o, c, resp.Body)
+}
+
+// ended returns err, or, if c's session has ended, an error that wraps
+// why it ended (and has err only as text), so that the page words it as
+// the session's end (shutdown, signed out, lost), as its status line does.
+func ended(c *client.Client, err error) error {
+	if cause := c.Err(); cause != nil {
+		return fmt.Errorf("session ended: %w; %v", cause, err)
+	}
+	return err
 }
 
 // pump posts what r yields to the page, within the op's window, then "end"
 // or "error" (returning the error). It returns quietly once ctx is
 // cancelled.
-func (b *bridge) pump(ctx context.Context, id int, o *op, r io.Reader) error {
+func (b *bridge) pump(ctx context.Context, id int, o *op, c *client.Client, r io.Reader) error {
 	buf := make([]byte, readChunk)
 	for {
 		n, err := r.Read(buf)
@@ -465,7 +516,7 @@ func (b *bridge) pump(ctx context.Context, id int, o *op, r io.Reader) error {
 			return nil
 		}
 		if err != nil {
-			b.postError(id, err)
+			b.postError(id, ended(c, err))
 			return err
 		}
 	}
@@ -488,15 +539,15 @@ func (b *bridge) dial(ctx context.Context, id int, o *op, host string, port int)
 	conn, err := c.Dial(dctx, "tcp", addr)
 	cancel()
 	if err != nil {
-		b.postError(id, err)
+		b.postError(id, ended(c, err))
 		return
 	}
 	defer conn.Close()
 	b.postJSON("result", id, struct {
 		Remote string `json:"remote"`
 	}{addr})
-	go b.writeLoop(ctx, id, o, conn)
-	if b.pump(ctx, id, o, conn) != nil {
+	go b.writeLoop(ctx, id, o, c, conn)
+	if b.pump(ctx, id, o, c, conn) != nil {
 		return
 	}
 	<-ctx.Done() // the page's close (or a write error) ends the op
@@ -504,7 +555,7 @@ func (b *bridge) dial(ctx context.Context, id int, o *op, host string, port int)
 
 // writeLoop writes what the page sends to conn, in order; "close" ends the
 // op.
-func (b *bridge) writeLoop(ctx context.Context, id int, o *op, conn net.Conn) {
+func (b *bridge) writeLoop(ctx context.Context, id int, o *op, c *client.Client, conn net.Conn) {
 	for {
 		it, ok := o.q.pop(ctx)
 		if !ok {
@@ -513,7 +564,7 @@ func (b *bridge) writeLoop(ctx context.Context, id int, o *op, conn net.Conn) {
 		switch it.kind {
 		case "send":
 			if _, err := conn.Write(it.data); err != nil {
-				b.postError(id, err)
+				b.postError(id, ended(c, err))
 				o.cancel()
 				return
 			}

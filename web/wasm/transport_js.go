@@ -144,7 +144,10 @@ func infoError(kind, msg string) error {
 	return errors.New("webtransport: " + msg)
 }
 
-var errSessionClosed = errors.New("session closed")
+// errSessionClosed is wrapped by the errors of streams whose session has
+// ended; it wraps client.ErrSessionLost, so that a fetch or dial failing
+// that way is reported as the session lost, not as some other error.
+var errSessionClosed = fmt.Errorf("session closed: %w", client.ErrSessionLost)
 
 // session is a WebTransport session: a client.Session.
 type session struct {
