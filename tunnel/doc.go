@@ -1,7 +1,18 @@
 // Package tunnel implements Roam's sessions: the RFC 9484 CONNECT-IP
 // request and response over HTTP/3, the capsules that assign addresses and
-// advertise routes, the server's session table and packet dispatch, and the
-// client's dial and data path.
+// advertise routes, the server's session table and packet dispatch, the
+// client's dial and data path, and per-flow TCP streams (an HTTP/3 CONNECT
+// per flow, dialed by the server under its destination policy).
+//
+// The server's UDP port also takes the browser client's WebTransport
+// sessions (Extended CONNECT, :protocol webtransport, at webproto.Path,
+// from an allowed Origin). Inside a session the control stream carries
+// the token (HELLO → WELCOME or SESSION_ERROR) and every further
+// bidirectional stream is one TCP flow, served by the same flow handler
+// as a native CONNECT (see package webproto and websession.go). The server
+// also serves the browser page over HTTP/3 and, on TCP at the same port
+// number, over HTTPS (and plain HTTP to loopback clients; webpage.go), and
+// presents browsers a short-lived certificate they can pin (webcert.go).
 //
 // Wire format (RFC 9484 over RFC 9297 and RFC 9114):
 //

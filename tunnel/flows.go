@@ -158,9 +158,9 @@ func (s *Server) serveFlow(ctx, spliceCtx context.Context, lim *flow.Limiter, ow
 	s.stats.FlowsTotal.Add(1)
 	s.stats.FlowsActive.Add(1)
 	defer s.stats.FlowsActive.Add(-1)
-	up, down, err := flow.Splice(spliceCtx, str, conn, flow.WithCounters(&s.stats.FlowBytesDown, &s.stats.FlowBytesUp))
+	down, up, err := flow.Splice(spliceCtx, str, conn, flow.WithCounters(&s.stats.FlowBytesDown, &s.stats.FlowBytesUp))
 	if s.log.Enabled(ctx, slog.LevelDebug) {
-		s.log.Debug("flow ended", "client", owner, "transport", transport, "dst", authority, "addr", dst, "up", down, "down", up, "err", err)
+		s.log.Debug("flow ended", "client", owner, "transport", transport, "dst", authority, "addr", dst, "up", up, "down", down, "err", err)
 	}
 }
 

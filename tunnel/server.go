@@ -165,6 +165,11 @@ type Server struct {
 	tcpAddr atomic.Pointer[net.Addr] // the page's TCP listener, if any
 	// helloTimeout is webHelloTimeout; tests shorten it before Serve.
 	helloTimeout time.Duration
+	gzips        sync.Map // page file name -> *gzipEntry (its compressed form)
+
+	webMu       sync.Mutex
+	webSessions map[*webSession]struct{} // live browser sessions; guarded by webMu
+	webClosing  bool                     // Serve is stopping; guarded by webMu
 
 	mu    sync.Mutex                              // serializes table updates
 	table atomic.Pointer[map[netip.Addr]*session] // copy-on-write; guarded by mu for writes
@@ -332,6 +337,9 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	grp.Go(func() error {
 		<-gctx.Done()
 		ln.Close()
+		// Browsers are told why (SESSION_ERROR shutdown) while their
+		// connections are still open; bounded by webShutdownWait.
+		s.closeWebSessions(webShutdownWait)
 		s.conns.Range(func(k, _ any) bool {
 			k.(*quic.Conn).CloseWithError(0, "server shutting down")
 			return true
@@ -565,13 +573,9 @@ func (s *Server) handleConnectIP(w http.ResponseWriter, r *http.Request) {
 	w.(http.Flusher).Flush()
 	str := w.(http3.HTTPStreamer).HTTPStream()
 
-	sctx := context.Background()
-	if p := s.ctx.Load(); p != nil {
-		sctx = *p
-	}
 	sess := newSession(s, cs, str, owner, routes)
 	sess.addrs.Store(&addrSet{v4: a4, v6: a6})
-	sess.run(sctx, remote)
+	sess.run(s.serverCtx(), remote)
 }
 
 // authenticate checks the request's bearer token and returns its owner

@@ -43,6 +43,7 @@ func serverCounterAttrs(st *ServerStats) []slog.Attr {
 		{"device_read_errors", &st.DeviceReadErrors},
 		{"flows_total", &st.FlowsTotal}, {"flows_refused", &st.FlowsRefused},
 		{"flow_bytes_up", &st.FlowBytesUp}, {"flow_bytes_down", &st.FlowBytesDown},
+		{"web_sessions", &st.WebSessions}, {"web_rejected", &st.WebRejected},
 	} {
 		if v := c.v.Load(); v != 0 {
 			out = append(out, slog.Uint64(c.name, v))

@@ -722,3 +722,130 @@ func TestWebNoLeaks(t *testing.T) {
 		}
 	}
 }
+
+// TestWebShutdown: a stopping server tells its browser sessions why
+// (SESSION_ERROR shutdown on the control stream) before it closes their
+// connections, and stops within webShutdownWait even if a client does not
+// close its session; a client that closes at once (as the page does) lets
+// it stop sooner.
+func TestWebShutdown(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		clientClose bool
+	}{{"client closes", true}, {"client ignores", false}} {
+		t.Run(tt.name, func(t *testing.T) {
+			ws, stop := startWebServerStoppable(t, webOpts{})
+			echo := echoServer(t)
+			_, sess, err := ws.wtDial(t, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctrl := hello(t, sess, testToken)
+			if typ, _ := readMsg(t, ctrl); typ != webproto.TypeWelcome {
+				t.Fatalf("got %v, want WELCOME", typ)
+			}
+			fl, typ, _ := openFlow(t, sess, fmt.Sprintf("100.96.0.1:%d", echo))
+			if typ != webproto.TypeFlowOK {
+				t.Fatalf("got %v, want FLOW_OK", typ)
+			}
+			start := time.Now()
+			stopped := make(chan time.Duration, 1)
+			go func() {
+				stop()
+				stopped <- time.Since(start)
+			}()
+			typ, v, err := webproto.ReadMessage(ctrl, 0)
+			if err != nil {
+				t.Fatalf("reading the control stream: %v; want SESSION_ERROR", err)
+			}
+			se, perr := webproto.ParseSessionError(v)
+			if typ != webproto.TypeSessionError || perr != nil || se.Code != webproto.CodeShutdown {
+				t.Fatalf("got %v %q, want SESSION_ERROR shutdown", typ, v)
+			}
+			// The open flow was ended with the session, not left running.
+			if _, err := io.ReadAll(fl); err == nil {
+				t.Error("the open flow ended cleanly; want a reset")
+			}
+			if tt.clientClose {
+				sess.CloseWithError(0, "")
+			}
+			d := <-stopped
+			limit := webShutdownWait + 500*time.Millisecond
+			if tt.clientClose {
+				limit = webShutdownLinger
+			}
+			if d > limit {
+				t.Errorf("Serve returned %v after cancel, want at most %v", d, limit)
+			}
+			t.Logf("Serve returned %v after cancel", d)
+		})
+	}
+}
+
+// TestWtSessionErr: a stream of a closed session fails with an error that
+// says so, even when the close carried no reason (the log line was
+// "flow: splice: stream read: " with nothing after it).
+func TestWtSessionErr(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want string
+	}{
+		{&webtransport.SessionError{Remote: true}, "WebTransport session closed by the client (code 0)"},
+		{&webtransport.SessionError{ErrorCode: 4, Message: "shutdown: bye"}, "WebTransport session closed by the server (code 4): shutdown: bye"},
+		{fmt.Errorf("x: %w", &webtransport.SessionError{Remote: true, ErrorCode: 2}), "WebTransport session closed by the client (code 2)"},
+	} {
+		got := wtResetErr(tt.err)
+		if got.Error() != tt.want {
+			t.Errorf("wtResetErr(%#v) = %q, want %q", tt.err, got, tt.want)
+		}
+		var se *webtransport.SessionError
+		if !errors.As(got, &se) {
+			t.Errorf("wtResetErr(%#v) no longer wraps the *webtransport.SessionError", tt.err)
+		}
+	}
+	for _, err := range []error{&webtransport.StreamError{ErrorCode: 7, Remote: true}, &quic.StreamError{ErrorCode: 0x100, Remote: true}} {
+		if reset := wtResetErr(err); !errors.Is(reset, flow.ErrReset) {
+			t.Errorf("a remote stream reset: %v, want flow.ErrReset", reset)
+		}
+	}
+	if local := wtResetErr(&quic.StreamError{ErrorCode: 0x100}); errors.Is(local, flow.ErrReset) {
+		t.Errorf("a local stream reset: %v, want no flow.ErrReset", local)
+	}
+	if wtResetErr(nil) != nil || wtResetErr(io.EOF) != io.EOF {
+		t.Error("wtResetErr changed nil or io.EOF")
+	}
+}
+
+// TestWebCounters: the server's counter summary includes the browser
+// sessions.
+func TestWebCounters(t *testing.T) {
+	var st ServerStats
+	st.WebSessions.Add(2)
+	st.WebRejected.Add(3)
+	got := map[string]uint64{}
+	for _, a := range serverCounterAttrs(&st) {
+		got[a.Key] = a.Value.Uint64()
+	}
+	if got["web_sessions"] != 2 || got["web_rejected"] != 3 {
+		t.Errorf("serverCounterAttrs = %v, want web_sessions=2 web_rejected=3", got)
+	}
+}
+
+// TestRateLimitedLogCap: distinct keys (a scanner sending a new Origin each
+// time) are logged at most rateLimitedKeys times per period.
+func TestRateLimitedLogCap(t *testing.T) {
+	var l rateLimitedLog
+	now := time.Now()
+	n := 0
+	for i := range 3 * rateLimitedKeys {
+		if l.allow(fmt.Sprint("origin-", i), now.Add(time.Duration(i)*time.Millisecond)) {
+			n++
+		}
+	}
+	if n != rateLimitedKeys {
+		t.Errorf("%d of %d distinct keys logged within a period, want %d", n, 3*rateLimitedKeys, rateLimitedKeys)
+	}
+	if !l.allow("later", now.Add(rateLimitedPeriod+time.Minute)) {
+		t.Error("nothing logged after the period passed")
+	}
+}

@@ -123,16 +123,18 @@ func (s *Server) checkOrigin(r *http.Request) error {
 }
 
 // rateLimitedLog lets each distinct message through at most once per
-// rateLimitedPeriod, so a browser retrying a refused handshake (or a
-// scanner) cannot flood the log.
+// rateLimitedPeriod, and at most rateLimitedKeys messages in all per
+// period, so a browser retrying a refused handshake (or a scanner sending
+// a new Origin every time) cannot flood the log.
 type rateLimitedLog struct {
-	mu   sync.Mutex
-	last map[string]time.Time // guarded by mu
+	mu    sync.Mutex
+	last  map[string]time.Time // guarded by mu
+	since time.Time            // when last was emptied; guarded by mu
 }
 
 const (
 	rateLimitedPeriod = 10 * time.Minute
-	rateLimitedKeys   = 1024 // forget everything beyond this many keys
+	rateLimitedKeys   = 1024 // distinct keys remembered (and logged) per period
 )
 
 // allow reports whether key may be logged at now.
@@ -143,7 +145,10 @@ func (l *rateLimitedLog) allow(key string, now time.Time) bool {
 		return false
 	}
 	if l.last == nil || len(l.last) >= rateLimitedKeys {
-		l.last = make(map[string]time.Time)
+		if l.last != nil && now.Sub(l.since) < rateLimitedPeriod {
+			return false // full: nothing new until the period has passed
+		}
+		l.last, l.since = make(map[string]time.Time), now
 	}
 	l.last[key] = now
 	return true

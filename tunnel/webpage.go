@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -179,10 +180,124 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) {
 	// every time (cheap with the ETag) so a new server version is picked
 	// up at once.
 	h.Set("Cache-Control", "no-cache")
-	if tag, err := s.etag(name, st, content); err == nil {
+	tag, err := s.etag(name, st, content)
+	if err != nil {
+		tag = ""
+	}
+	if gzipTypes[path.Ext(name)] && st.Size() >= gzipMinSize {
+		h.Add("Vary", "Accept-Encoding")
+		if acceptsGzip(r.Header.Values("Accept-Encoding")) {
+			if gz := s.gzipped(name, etagKey{name, st.Size(), st.ModTime()}, content); gz != nil {
+				h.Set("Content-Encoding", "gzip")
+				if tag != "" {
+					// A different representation needs a different strong ETag.
+					h.Set("ETag", strings.TrimSuffix(tag, `"`)+`-gzip"`)
+				}
+				http.ServeContent(gzipLengthWriter{w, len(gz)}, r, name, st.ModTime(), bytes.NewReader(gz))
+				return
+			}
+		}
+	}
+	if tag != "" {
 		h.Set("ETag", tag)
 	}
 	http.ServeContent(w, r, name, st.ModTime(), content)
+}
+
+// Compression of page files: roam.wasm is ~11 MB and ~3 MB gzipped.
+const gzipMinSize = 1 << 10 // smaller files are served as they are
+
+// gzipTypes are the file types worth compressing.
+var gzipTypes = map[string]bool{
+	".html": true, ".js": true, ".mjs": true, ".wasm": true, ".json": true,
+	".css": true, ".svg": true, ".txt": true, ".map": true,
+}
+
+// gzipEntry is the compressed form of one version of a page file, made
+// once, on the first request that accepts it.
+type gzipEntry struct {
+	key  etagKey
+	once sync.Once
+	data []byte // nil if compression failed or saved nothing
+}
+
+// gzipped returns the gzip encoding of the page file f (key identifies its
+// version), compressing it on first use and keeping it in memory, or nil
+// if it does not get smaller. It rewinds f. Concurrent first requests wait
+// for one compression; a changed file (--web-dir) replaces its entry.
+func (s *Server) gzipped(name string, key etagKey, f io.ReadSeeker) []byte {
+	e := &gzipEntry{key: key}
+	if v, loaded := s.gzips.LoadOrStore(name, e); loaded {
+		if old := v.(*gzipEntry); old.key == key {
+			e = old
+		} else {
+			s.gzips.Store(name, e)
+		}
+	}
+	e.once.Do(func() {
+		var buf bytes.Buffer
+		// The default level: for roam.wasm (11.4 MB) 3.04 MB in 0.7 s here;
+		// BestCompression saves 0.7 % more and takes 1.7 s, which the first
+		// page load would wait for.
+		zw := gzip.NewWriter(&buf)
+		_, err := io.Copy(zw, f)
+		if cerr := zw.Close(); err == nil {
+			err = cerr
+		}
+		if _, serr := f.Seek(0, io.SeekStart); err == nil {
+			err = serr
+		}
+		switch {
+		case err != nil:
+			s.log.Warn("compressing a page file", "file", name, "err", err)
+		case int64(buf.Len()) < key.size:
+			e.data = buf.Bytes()
+		}
+	})
+	return e.data
+}
+
+// gzipLengthWriter sets Content-Length on a 200 answer: http.ServeContent
+// leaves it out when Content-Encoding is set (it cannot know whether the
+// writer compresses on the fly; here the content is compressed already).
+type gzipLengthWriter struct {
+	http.ResponseWriter
+	n int
+}
+
+func (w gzipLengthWriter) WriteHeader(code int) {
+	if code == http.StatusOK {
+		w.Header().Set("Content-Length", strconv.Itoa(w.n))
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// acceptsGzip reports whether Accept-Encoding field values accept gzip
+// (RFC 9110 §12.5.3): "gzip" or "*" with a non-zero weight, and gzip not
+// refused by name.
+func acceptsGzip(values []string) bool {
+	gz, star := -1, -1 // -1 unnamed, 0 refused, 1 accepted
+	for _, v := range values {
+		for _, item := range strings.Split(v, ",") {
+			coding, params, _ := strings.Cut(item, ";")
+			ok := 1
+			for _, p := range strings.Split(params, ";") {
+				k, v, _ := strings.Cut(strings.TrimSpace(p), "=")
+				if strings.EqualFold(k, "q") {
+					if q, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err != nil || q <= 0 {
+						ok = 0
+					}
+				}
+			}
+			switch strings.ToLower(strings.TrimSpace(coding)) {
+			case "gzip", "x-gzip":
+				gz = ok
+			case "*":
+				star = ok
+			}
+		}
+	}
+	return gz == 1 || gz == -1 && star == 1
 }
 
 type etagKey struct {

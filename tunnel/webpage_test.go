@@ -1,9 +1,12 @@
 package tunnel
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -14,6 +17,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -350,5 +354,131 @@ func TestCertRotator(t *testing.T) {
 	for range 30 * 24 {
 		now = now.Add(time.Hour)
 		check(now.String())
+	}
+}
+
+// TestWebPageGzip: compressible page files go gzipped to clients that
+// accept gzip (once compressed, with Vary and an ETag of their own), as
+// they are to others; small files and files that do not shrink go as they
+// are.
+func TestWebPageGzip(t *testing.T) {
+	wasm := bytes.Repeat([]byte("\x00asm roam roam roam 0123456789"), 40000)
+	noise := make([]byte, 64<<10)
+	rand.Read(noise)
+	assets := &fstest.MapFS{
+		"index.html": {Data: []byte("<!doctype html>")},
+		"roam.wasm":  {Data: wasm},
+		"noise.js":   {Data: noise},
+	}
+	ws := startWebServer(t, webOpts{web: assets})
+	h3 := &http3.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true, VerifyPeerCertificate: auth.VerifyPinned(ws.pin)},
+		QUICConfig:      &quic.Config{},
+	}
+	t.Cleanup(func() { h3.Close() })
+	tcp := &http.Transport{
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true, VerifyPeerCertificate: auth.VerifyPinned(ws.pin)},
+		ForceAttemptHTTP2: true,
+	}
+	t.Cleanup(tcp.CloseIdleConnections)
+	type result struct {
+		code       int
+		enc, etag  string
+		vary, clen string
+		body       []byte
+	}
+	do := func(t *testing.T, rt http.RoundTripper, method, url string, hdr ...string) result {
+		t.Helper()
+		req, _ := http.NewRequest(method, url, nil)
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		// Setting Accept-Encoding ourselves turns off the transports'
+		// transparent decompression: we see the bytes on the wire.
+		if req.Header.Get("Accept-Encoding") == "" {
+			req.Header.Set("Accept-Encoding", "identity")
+		}
+		resp, err := rt.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, url, err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return result{resp.StatusCode, resp.Header.Get("Content-Encoding"), resp.Header.Get("ETag"),
+			resp.Header.Get("Vary"), resp.Header.Get("Content-Length"), b}
+	}
+	gunzip := func(t *testing.T, b []byte) []byte {
+		t.Helper()
+		zr, err := gzip.NewReader(bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := io.ReadAll(zr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	for _, tr := range []struct {
+		name string
+		rt   http.RoundTripper
+	}{{"h3", h3}, {"https-tcp", tcp}} {
+		t.Run(tr.name, func(t *testing.T) {
+			url := "https://" + ws.addr + "/roam.wasm"
+			raw := do(t, tr.rt, "GET", url)
+			if raw.code != 200 || raw.enc != "" || !bytes.Equal(raw.body, wasm) || raw.vary != "Accept-Encoding" {
+				t.Fatalf("identity: %d enc %q vary %q, %d bytes", raw.code, raw.enc, raw.vary, len(raw.body))
+			}
+			for _, ae := range []string{"gzip", "gzip, deflate, br, zstd", "br;q=1.0, gzip;q=0.5", "*"} {
+				gz := do(t, tr.rt, "GET", url, "Accept-Encoding", ae)
+				if gz.code != 200 || gz.enc != "gzip" || gz.vary != "Accept-Encoding" {
+					t.Fatalf("Accept-Encoding %q: %d enc %q vary %q", ae, gz.code, gz.enc, gz.vary)
+				}
+				if len(gz.body) >= len(wasm)/10 || !bytes.Equal(gunzip(t, gz.body), wasm) {
+					t.Fatalf("Accept-Encoding %q: %d bytes that do not decompress to the file", ae, len(gz.body))
+				}
+				if gz.clen != fmt.Sprint(len(gz.body)) {
+					t.Errorf("Content-Length %q, want %d", gz.clen, len(gz.body))
+				}
+				if gz.etag == "" || gz.etag == raw.etag {
+					t.Errorf("gzip ETag %q, identity %q: want two different ones", gz.etag, raw.etag)
+				}
+				if nm := do(t, tr.rt, "GET", url, "Accept-Encoding", ae, "If-None-Match", gz.etag); nm.code != http.StatusNotModified {
+					t.Errorf("revalidating the gzip ETag: %d, want 304", nm.code)
+				}
+				if head := do(t, tr.rt, "HEAD", url, "Accept-Encoding", ae); head.code != 200 || head.enc != "gzip" || head.clen != gz.clen || len(head.body) != 0 {
+					t.Errorf("HEAD: %d enc %q length %q", head.code, head.enc, head.clen)
+				}
+			}
+			for _, ae := range []string{"identity", "gzip;q=0", "br", "*;q=0", "gzip;q=0, *"} {
+				if r := do(t, tr.rt, "GET", url, "Accept-Encoding", ae); r.enc != "" || !bytes.Equal(r.body, wasm) {
+					t.Errorf("Accept-Encoding %q: enc %q, %d bytes; want the file as it is", ae, r.enc, len(r.body))
+				}
+			}
+			if r := do(t, tr.rt, "GET", "https://"+ws.addr+"/noise.js", "Accept-Encoding", "gzip"); r.enc != "" || !bytes.Equal(r.body, noise) {
+				t.Errorf("incompressible file: enc %q, %d bytes", r.enc, len(r.body))
+			}
+			if r := do(t, tr.rt, "GET", "https://"+ws.addr+"/", "Accept-Encoding", "gzip"); r.enc != "" || r.vary != "" {
+				t.Errorf("small file: enc %q vary %q", r.enc, r.vary)
+			}
+		})
+	}
+}
+
+func TestAcceptsGzip(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want bool
+	}{
+		{"", false}, {"gzip", true}, {"GZIP", true}, {"x-gzip", true}, {"deflate, gzip", true},
+		{"gzip;q=0", false}, {"gzip; q=0.000", false}, {"gzip;q=0.1", true}, {"gzip;q=x", false},
+		{"*", true}, {"*;q=0", false}, {"gzip;q=0, *", false}, {"br, *;q=0.5", true}, {"identity", false},
+	} {
+		if got := acceptsGzip([]string{tt.in}); got != tt.want {
+			t.Errorf("acceptsGzip(%q) = %v, want %v", tt.in, got, tt.want)
+		}
 	}
 }

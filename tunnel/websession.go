@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	"github.com/quic-go/webtransport-go"
 
 	"github.com/roamvpn/roam/tunnel/flow"
@@ -30,8 +31,10 @@ import (
 // different order than the client opened them, and a stream's first
 // message says what it is. A second HELLO is a protocol error. Every
 // goroutine ends with the session; handleWebTransport returns only when
-// all have. WebTransport datagrams are not used: http3 queues them per
-// session and drops them once its queue is full.
+// all have. A stopping server ends every live session with SESSION_ERROR
+// shutdown (closeWebSessions) before it closes the QUIC connections.
+// WebTransport datagrams are not used: http3 queues them per session and
+// drops them once its queue is full.
 
 // Timeouts of a browser session.
 const (
@@ -44,6 +47,13 @@ const (
 	webErrorLinger = 2 * time.Second
 	// webWriteTimeout bounds a write on the control stream.
 	webWriteTimeout = 5 * time.Second
+	// webShutdownWait bounds how long a stopping server spends ending its
+	// browser sessions (SESSION_ERROR shutdown, then the session close)
+	// before it closes the QUIC connections; webShutdownLinger is the
+	// webErrorLinger of those sessions, shorter so that their close comes
+	// within webShutdownWait.
+	webShutdownWait   = time.Second
+	webShutdownLinger = 500 * time.Millisecond
 )
 
 // Session close codes (WebTransport CLOSE_WEBTRANSPORT_SESSION error codes;
@@ -71,6 +81,10 @@ func webCloseCode(code string) webtransport.SessionErrorCode {
 	}
 	return webCloseProtocol
 }
+
+// errWebSessionEnded is the cause of a session's context when the session
+// has ended (closed by either end) without fail.
+var errWebSessionEnded = errors.New("the browser session ended")
 
 // wtFlowResetCode is the WebTransport stream error code a flow stream is
 // reset with when either end of the flow failed.
@@ -122,6 +136,61 @@ func (s *Server) handleWebTransport(w http.ResponseWriter, r *http.Request) {
 	ws.run()
 }
 
+// addWebSession registers a live browser session so that a stopping
+// server can end it with SESSION_ERROR shutdown; false means the server is
+// stopping already.
+func (s *Server) addWebSession(ws *webSession) bool {
+	s.webMu.Lock()
+	defer s.webMu.Unlock()
+	if s.webClosing {
+		return false
+	}
+	if s.webSessions == nil {
+		s.webSessions = make(map[*webSession]struct{})
+	}
+	s.webSessions[ws] = struct{}{}
+	return true
+}
+
+func (s *Server) removeWebSession(ws *webSession) {
+	s.webMu.Lock()
+	delete(s.webSessions, ws)
+	s.webMu.Unlock()
+}
+
+// closeWebSessions ends every live browser session as a server shutdown
+// (SESSION_ERROR shutdown on the control stream, then the session close
+// with webCloseShutdown) and refuses new ones. It returns when all have
+// closed or after wait, whichever is first; Serve closes the QUIC
+// connections after it, which ends any session still lingering.
+func (s *Server) closeWebSessions(wait time.Duration) {
+	s.webMu.Lock()
+	s.webClosing = true
+	live := make([]*webSession, 0, len(s.webSessions))
+	for ws := range s.webSessions {
+		live = append(live, ws)
+	}
+	s.webMu.Unlock()
+	if len(live) == 0 {
+		return
+	}
+	var wg sync.WaitGroup
+	for _, ws := range live {
+		wg.Go(func() { ws.fail(webproto.CodeShutdown, "the server is shutting down") })
+	}
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
+}
+
 // webSession is one browser session.
 type webSession struct {
 	srv    *Server
@@ -129,7 +198,8 @@ type webSession struct {
 	sess   *webtransport.Session
 	remote string
 	origin string
-	ctx    context.Context // the session's; ends with it or with the server
+	ctx    context.Context         // the session's: ends with it, or when fail starts
+	cancel context.CancelCauseFunc // ends ctx
 
 	authed chan struct{} // closed once the HELLO is verified
 	owner  string        // the token's ID; written before authed is closed
@@ -145,13 +215,18 @@ type webSession struct {
 // run serves the session until it ends and all its goroutines are done.
 func (ws *webSession) run() {
 	s := ws.srv
-	ctx, cancel := context.WithCancelCause(ws.sess.Context())
+	// Not derived from the session's context, whose cause is always
+	// context.Canceled: flows log why they ended.
+	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
-	ws.ctx = ctx
-	stop := context.AfterFunc(s.serverCtx(), func() {
-		ws.fail(webproto.CodeShutdown, "the server is shutting down")
-	})
+	stop := context.AfterFunc(ws.sess.Context(), func() { cancel(errWebSessionEnded) })
 	defer stop()
+	ws.ctx, ws.cancel = ctx, cancel
+	if !s.addWebSession(ws) {
+		ws.sess.CloseWithError(webCloseShutdown, webproto.CodeShutdown+": the server is shutting down")
+		return
+	}
+	defer s.removeWebSession(ws)
 	s.log.Debug("browser session opened", "remote", ws.remote, "origin", ws.origin)
 	helloTimer := time.AfterFunc(s.helloTimeout, func() {
 		select {
@@ -163,9 +238,11 @@ func (ws *webSession) run() {
 	defer helloTimer.Stop()
 
 	var wg sync.WaitGroup
+	var err error
 	for {
-		str, err := ws.sess.AcceptStream(ctx)
-		if err != nil {
+		var str *webtransport.Stream
+		// Not ctx: fail cancels it before it has told the client why.
+		if str, err = ws.sess.AcceptStream(ws.sess.Context()); err != nil {
 			break
 		}
 		wg.Go(func() { ws.handleStream(str) })
@@ -173,10 +250,10 @@ func (ws *webSession) run() {
 	// The session is over (closed by either end, or the server stops):
 	// make sure it is closed, then wait for the streams' goroutines.
 	ws.sess.CloseWithError(webCloseNormal, "")
-	cancel(errors.New("session closed"))
+	cancel(errWebSessionEnded)
 	helloTimer.Stop()
 	wg.Wait()
-	s.log.Info("browser session ended", "client", ws.ownerIfAuthed(), "remote", ws.remote, "cause", context.Cause(ws.sess.Context()))
+	s.log.Info("browser session ended", "client", ws.ownerIfAuthed(), "remote", ws.remote, "cause", wtSessionErr(err))
 }
 
 func (ws *webSession) ownerIfAuthed() string {
@@ -228,6 +305,9 @@ func (ws *webSession) control(str *webtransport.Stream, token []byte) {
 		return
 	}
 	owner, ok := s.cfg.Tokens.Verify(string(token))
+	if ws.ctx.Err() != nil {
+		return // the session is ending (fail, HELLO timeout): no WELCOME
+	}
 	if !ok {
 		s.stats.AuthFailures.Add(1)
 		s.stats.WebRejected.Add(1)
@@ -249,6 +329,13 @@ func (ws *webSession) control(str *webtransport.Stream, token []byte) {
 
 	for {
 		typ, v, err := webproto.ReadMessage(str, webproto.MaxPingLen)
+		if err != nil {
+			select {
+			case <-ws.failed:
+				return // fail closes the session with its own code
+			default:
+			}
+		}
 		switch {
 		case errors.Is(err, io.EOF):
 			// The client closed its control stream: it is done.
@@ -258,7 +345,9 @@ func (ws *webSession) control(str *webtransport.Stream, token []byte) {
 			ws.fail(webproto.CodeProtocol, err.Error())
 			return
 		case err != nil:
-			return // the session ended
+			// The session ended or is ending (a client closing its session
+			// may reset the stream before its close arrives): nothing to add.
+			return
 		case typ == webproto.TypePing:
 			if ws.writeCtrl(webproto.TypePong, v) != nil {
 				return
@@ -287,18 +376,25 @@ func (ws *webSession) writeCtrl(t webproto.Type, v []byte) error {
 
 // fail ends the session for a reason the client should know: SESSION_ERROR
 // on the control stream (if there is one yet), then, once the client has
-// closed the session or webErrorLinger has passed, a session close with the
-// matching code. Flows waiting for the WELCOME are reset. Only the first
-// call counts; it returns when the session is closed.
+// closed the session or webErrorLinger (webShutdownLinger for a shutdown)
+// has passed, a session close with the matching code. It cancels ws.ctx at
+// once: flows waiting for the WELCOME are reset, dials and open flows
+// end. Only the first call counts; every call returns when the session is
+// closed.
 func (ws *webSession) fail(code, msg string) {
 	ws.failOnce.Do(func() {
 		close(ws.failed)
+		ws.cancel(fmt.Errorf("browser session: %s: %s", code, msg))
 		ws.srv.log.Debug("ending browser session", "remote", ws.remote, "code", code, "msg", msg)
 		if ws.writeCtrl(webproto.TypeSessionError, webproto.MarshalJSONValue(&webproto.SessionError{Code: code, Message: msg})) == nil {
 			ws.mu.Lock()
 			ws.ctrl.Close()
 			ws.mu.Unlock()
-			t := time.NewTimer(webErrorLinger)
+			linger := webErrorLinger
+			if code == webproto.CodeShutdown {
+				linger = webShutdownLinger
+			}
+			t := time.NewTimer(linger)
 			select {
 			case <-ws.sess.Context().Done():
 			case <-t.C:
@@ -312,18 +408,19 @@ func (ws *webSession) fail(code, msg string) {
 // flow serves a flow stream whose FLOW_OPEN carried authority.
 func (ws *webSession) flow(str *webtransport.Stream, authority []byte) {
 	s := ws.srv
-	rep := wtFlowReply{str: str}
-	if len(authority) > webproto.MaxAuthorityLen {
-		rep.refuse(&flow.Error{Kind: flow.Other, Err: fmt.Errorf("%w: FLOW_OPEN authority of %d bytes", flow.ErrBadAuthority, len(authority))}, true)
-		return
-	}
+	// Nothing is answered before the WELCOME. fail cancels ws.ctx, so the
+	// flows of a failed session end here (or, if the WELCOME came too, at
+	// once in serveFlow: nothing is dialed with a done ctx).
 	select {
 	case <-ws.authed:
-	case <-ws.failed:
-		abortWT(str)
-		return
 	case <-ws.ctx.Done():
 		abortWT(str)
+		return
+	}
+	rep := wtFlowReply{str: str}
+	if len(authority) > webproto.MaxAuthorityLen {
+		s.refuseFlow(rep, ws.owner, "webtransport", "", &flow.Error{Kind: flow.Other,
+			Err: fmt.Errorf("%w: FLOW_OPEN authority of %d bytes (at most %d)", flow.ErrBadAuthority, len(authority), webproto.MaxAuthorityLen)}, true)
 		return
 	}
 	s.serveFlow(ws.ctx, ws.ctx, ws.cs.flowLimiter(s.cfg.MaxFlows), ws.owner, "webtransport", string(authority), rep)
@@ -379,11 +476,41 @@ func (w *wtStream) CloseWrite() error { return w.s.Close() }
 
 func (w *wtStream) Abort() { w.once.Do(func() { abortWT(w.s) }) }
 
-// wtResetErr marks the peer's RESET_STREAM / STOP_SENDING as flow.ErrReset.
+// wtResetErr marks the peer's RESET_STREAM / STOP_SENDING as flow.ErrReset
+// (whether its code is in the WebTransport range or not) and names a
+// session close (see wtSessionErr).
 func wtResetErr(err error) error {
 	var se *webtransport.StreamError
-	if errors.As(err, &se) && se.Remote {
+	var qe *quic.StreamError
+	if errors.As(err, &se) && se.Remote || errors.As(err, &qe) && qe.Remote {
 		return fmt.Errorf("%w: %w", flow.ErrReset, err)
 	}
-	return err
+	return wtSessionErr(err)
 }
+
+// wtSessionErr gives a *webtransport.SessionError (what a stream of a
+// closed session returns) a message of its own: its Error is the close
+// reason alone, empty when the browser closes without one.
+func wtSessionErr(err error) error {
+	var se *webtransport.SessionError
+	if err == nil || !errors.As(err, &se) {
+		return err
+	}
+	return wtSessionClosedError{se}
+}
+
+type wtSessionClosedError struct{ err *webtransport.SessionError }
+
+func (e wtSessionClosedError) Error() string {
+	by := "by the server"
+	if e.err.Remote {
+		by = "by the client"
+	}
+	msg := fmt.Sprintf("WebTransport session closed %s (code %d)", by, e.err.ErrorCode)
+	if e.err.Message != "" {
+		msg += ": " + e.err.Message
+	}
+	return msg
+}
+
+func (e wtSessionClosedError) Unwrap() error { return e.err }

@@ -271,12 +271,20 @@ func webState(f *serverFlags, web fs.FS, srv *tunnel.Server) string {
 		return "off"
 	case web == nil:
 		return "sessions only (no page in this binary)"
+	case !hasFile(web, "roam.wasm"):
+		// The page loads but cannot start the client.
+		return "page without roam.wasm (run go generate ./web and rebuild, or --web-dir)"
 	case srv.WebAddr() == nil:
 		return "page over HTTP/3 only (TCP port busy)"
 	case f.webDir != "":
 		return "page from " + f.webDir
 	}
 	return "on"
+}
+
+func hasFile(fsys fs.FS, name string) bool {
+	st, err := fs.Stat(fsys, name)
+	return err == nil && !st.IsDir()
 }
 
 // serverDevice builds the NAT side: kernel TUN + forwarding + nftables
@@ -290,7 +298,7 @@ func serverDevice(f *serverFlags, pool4, pool6 *addrpool.Pool, log *slog.Logger)
 			Gateway4: pool4.Gateway(),
 			Gateway6: pool6.Gateway(),
 			Prefixes: []netip.Prefix{pool4.Prefix(), pool6.Prefix()},
-			Logger:   log.With("component", "usernat"),
+			Logger:   log, // usernat adds component=usernat itself
 		})
 		if err != nil {
 			return nil, nil, fmt.Errorf("userspace NAT: %w", err)
