@@ -112,24 +112,42 @@ func fileExists(path string) (bool, error) {
 // generateCert makes a self-signed ECDSA P-256 server certificate and returns
 // it with its PEM encodings.
 func generateCert(dnsNames []string, ipAddrs []net.IP, now time.Time) (cert tls.Certificate, certPEM, keyPEM []byte, err error) {
-	names, ips, err := certSANs(dnsNames, ipAddrs)
+	cert, err = selfSigned("roam server", now.Add(-certBackdate), now.Add(certLifetime), dnsNames, ipAddrs)
 	if err != nil {
 		return tls.Certificate{}, nil, nil, err
 	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		return tls.Certificate{}, nil, nil, fmt.Errorf("encode certificate key: %w", err)
+	}
+	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
+	keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	return cert, certPEM, keyPEM, nil
+}
+
+// selfSigned makes a self-signed X.509 v3 server certificate with a new
+// ECDSA P-256 key, a random 128-bit serial, KeyUsage DigitalSignature,
+// ExtKeyUsage ServerAuth, the given validity and the subject alternative
+// names of certSANs. The result has Leaf set.
+func selfSigned(commonName string, notBefore, notAfter time.Time, dnsNames []string, ipAddrs []net.IP) (tls.Certificate, error) {
+	names, ips, err := certSANs(dnsNames, ipAddrs)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return tls.Certificate{}, nil, nil, fmt.Errorf("generate certificate key: %w", err)
+		return tls.Certificate{}, fmt.Errorf("generate certificate key: %w", err)
 	}
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
 	if err != nil {
-		return tls.Certificate{}, nil, nil, fmt.Errorf("generate certificate serial: %w", err)
+		return tls.Certificate{}, fmt.Errorf("generate certificate serial: %w", err)
 	}
 	serial.SetBit(serial, 127, 1) // never zero, always 16 bytes
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "roam server"},
-		NotBefore:             now.Add(-certBackdate),
-		NotAfter:              now.Add(certLifetime),
+		Subject:               pkix.Name{CommonName: commonName},
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
@@ -138,19 +156,13 @@ func generateCert(dnsNames []string, ipAddrs []net.IP, now time.Time) (cert tls.
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
-		return tls.Certificate{}, nil, nil, fmt.Errorf("create certificate: %w", err)
+		return tls.Certificate{}, fmt.Errorf("create certificate: %w", err)
 	}
 	leaf, err := x509.ParseCertificate(der)
 	if err != nil {
-		return tls.Certificate{}, nil, nil, fmt.Errorf("parse generated certificate: %w", err)
+		return tls.Certificate{}, fmt.Errorf("parse generated certificate: %w", err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return tls.Certificate{}, nil, nil, fmt.Errorf("encode certificate key: %w", err)
-	}
-	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, certPEM, keyPEM, nil
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
 }
 
 // certSANs returns dnsNames and ipAddrs plus the loopback names, without

@@ -1,16 +1,9 @@
 package auth
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
-	"fmt"
-	"math/big"
 	"net"
 	"time"
 )
@@ -40,40 +33,8 @@ const (
 // (browsers do not check them when pinning by hash). The certificate is not
 // written anywhere; the returned value has Leaf set.
 func GenerateShortLivedCert(start time.Time, dnsNames []string, ipAddrs []net.IP) (tls.Certificate, error) {
-	names, ips, err := certSANs(dnsNames, ipAddrs)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("generate certificate key: %w", err)
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("generate certificate serial: %w", err)
-	}
-	serial.SetBit(serial, 127, 1) // never zero, always 16 bytes
 	notBefore := start.Add(-ShortLivedCertBackdate).UTC().Truncate(time.Second)
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "roam server (browser)"},
-		NotBefore:             notBefore,
-		NotAfter:              notBefore.Add(ShortLivedCertValidity),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		DNSNames:              names,
-		IPAddresses:           ips,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("create certificate: %w", err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("parse generated certificate: %w", err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
+	return selfSigned("roam server (browser)", notBefore, notBefore.Add(ShortLivedCertValidity), dnsNames, ipAddrs)
 }
 
 // CertHash returns the SHA-256 digest of a DER-encoded certificate as 64

@@ -187,14 +187,8 @@ func (s *Server) handleFlow(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusUnauthorized)
 		return
 	}
-	cs, _ := r.Context().Value(ctxKey{}).(*connState)
+	cs := s.afterHandshake(w, r)
 	if cs == nil {
-		http.Error(w, "internal error", http.StatusInternalServerError)
-		return
-	}
-	select {
-	case <-cs.conn.HandshakeComplete():
-	case <-r.Context().Done():
 		return
 	}
 	s.serveFlow(r.Context(), s.serverCtx(), cs.flowLimiter(s.cfg.MaxFlows), owner, "h3", r.Host, h3FlowReply{w})

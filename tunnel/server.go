@@ -91,12 +91,13 @@ type ServerConfig struct {
 	// client" (WebTransport sessions are still accepted, for pages served
 	// elsewhere that WebOrigins allows). The server only reads it.
 	Web fs.FS
-	// WebOrigins are the origins ("scheme://host[:port]", see
-	// ParseWebOrigin) whose pages may open WebTransport sessions. Empty
-	// means the server's own origin only: the Origin's host:port must equal
+	// WebOrigins are further origins ("scheme://host[:port]", see
+	// ParseWebOrigin) whose pages may open WebTransport sessions. The
+	// server's own origin is always allowed: the Origin's host:port equals
 	// the request's authority, with scheme https, or http for localhost
-	// and loopback addresses. A request without an Origin header (not a
-	// browser) is allowed; its token is checked as for any client.
+	// and loopback addresses. Empty: the server's own origin only. A
+	// request without an Origin header (not a browser) is allowed; its
+	// token is checked as for any client.
 	WebOrigins []string
 	// WebSelfSigned says TLS's certificate is the long-lived self-signed
 	// one that native clients pin (auth.LoadOrCreateCert). Browsers cannot
@@ -535,17 +536,8 @@ func (s *Server) handleConnectIP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	cs, _ := r.Context().Value(ctxKey{}).(*connState)
+	cs := s.afterHandshake(w, r)
 	if cs == nil {
-		http.Error(w, "internal error", http.StatusInternalServerError)
-		return
-	}
-	// The request may have come as 0-RTT data, which an attacker can
-	// replay: lease nothing and take nothing over until the handshake has
-	// completed (a replay never completes it).
-	select {
-	case <-cs.conn.HandshakeComplete():
-	case <-r.Context().Done():
 		return
 	}
 	if cs.conn.Context().Err() != nil {
@@ -619,4 +611,24 @@ func (s *Server) closeFlows(addrs ...netip.Addr) {
 // sessionFor returns the session currently holding addr.
 func (s *Server) sessionFor(addr netip.Addr) *session {
 	return (*s.table.Load())[addr]
+}
+
+// afterHandshake returns the state of r's QUIC connection once its
+// handshake has completed. A request may have come as 0-RTT data, which
+// an attacker can replay: the handlers lease nothing, dial nothing and
+// take nothing over before the handshake completes (a replay never
+// completes it). It returns nil when r ended first, or after answering
+// 500 if r has no connection state.
+func (s *Server) afterHandshake(w http.ResponseWriter, r *http.Request) *connState {
+	cs, _ := r.Context().Value(ctxKey{}).(*connState)
+	if cs == nil {
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return nil
+	}
+	select {
+	case <-cs.conn.HandshakeComplete():
+		return cs
+	case <-r.Context().Done():
+		return nil
+	}
 }

@@ -573,7 +573,8 @@ func TestCheckOrigin(t *testing.T) {
 		{"garbage", def, "127.0.0.1:4433", "https://a b", false},
 		{"list: listed", list, "vpn.example.com:4433", "https://portal.example.com", true},
 		{"list: listed http", list, "vpn.example.com:4433", "http://localhost:3000", true},
-		{"list: own origin not listed", list, "vpn.example.com:4433", "https://vpn.example.com:4433", false},
+		{"list: own origin still allowed", list, "vpn.example.com:4433", "https://vpn.example.com:4433", true},
+		{"list: own host, other port", list, "vpn.example.com:4433", "https://vpn.example.com:8443", false},
 		{"list: other", list, "vpn.example.com:4433", "https://evil.example", false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -595,6 +596,9 @@ func TestWebOriginHandshake(t *testing.T) {
 	ws := startWebServer(t, webOpts{origins: []string{"https://portal.example.com"}})
 	if _, sess, err := ws.wtDial(t, "https://portal.example.com"); err != nil || sess == nil {
 		t.Fatalf("listed origin: %v", err)
+	}
+	if _, sess, err := ws.wtDial(t, "https://"+ws.addr); err != nil || sess == nil {
+		t.Fatalf("the server's own origin, with a list: %v", err)
 	}
 	resp, sess, err := ws.wtDial(t, "https://evil.example")
 	if err == nil || sess != nil || resp == nil || resp.StatusCode != http.StatusForbidden {

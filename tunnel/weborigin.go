@@ -97,24 +97,21 @@ func (s *Server) checkOrigin(r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("malformed Origin header: %w", err)
 	}
-	if len(s.origins) > 0 {
-		for _, allowed := range s.origins {
-			if o == allowed {
-				return nil
-			}
+	for _, allowed := range s.origins {
+		if o == allowed {
+			return nil
 		}
-		return errors.New("origin is not in the --web-origin allowlist")
 	}
-	// The default: the page came from this server (same host and port,
-	// over TCP or QUIC). Plain http only for loopback, where the page
-	// is served over http to loopback clients.
+	// Always allowed: the page came from this server (same host and
+	// port, over TCP or QUIC). Plain http only for loopback, where the
+	// page is served over http to loopback clients.
 	scheme, host, hostport := o.parts()
 	authority, err := parseOrigin("https://" + r.Host)
 	if err != nil {
 		return fmt.Errorf("request authority %q is not host[:port]", r.Host)
 	}
 	if _, _, reqHostport := authority.parts(); hostport != reqHostport {
-		return fmt.Errorf("origin is not this server (%s); list other origins with --web-origin", reqHostport)
+		return fmt.Errorf("origin is neither this server (%s) nor listed with --web-origin", reqHostport)
 	}
 	if scheme == "http" && !isLoopbackHost(host) {
 		return errors.New("plain-http origin of a non-loopback host")

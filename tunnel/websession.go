@@ -106,16 +106,8 @@ func (s *Server) handleWebTransport(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "origin not allowed", http.StatusForbidden)
 		return
 	}
-	cs, _ := r.Context().Value(ctxKey{}).(*connState)
+	cs := s.afterHandshake(w, r)
 	if cs == nil {
-		http.Error(w, "internal error", http.StatusInternalServerError)
-		return
-	}
-	// The request may be 0-RTT data (replayable): start nothing before
-	// the handshake has completed.
-	select {
-	case <-cs.conn.HandshakeComplete():
-	case <-r.Context().Done():
 		return
 	}
 	sess, err := s.wt.Upgrade(w, r)

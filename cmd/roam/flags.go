@@ -46,7 +46,7 @@ func (l *stringList) String() string { return strings.Join(l.vals, ",") }
 func (l *stringList) Set(v string) error {
 	o, err := tunnel.ParseWebOrigin(strings.TrimSpace(v))
 	if err != nil {
-		return errors.New("expected an origin scheme://host[:port] like https://vpn.example.com (no path, no trailing /)")
+		return err // names the value, what is wrong and the expected form
 	}
 	l.vals = append(l.vals, o)
 	return nil
