@@ -364,6 +364,29 @@ func udpEcho(t *testing.T, addr string) {
 }
 
 // recvFrom waits for one datagram on c and returns its payload and source.
+// retryRecv calls send, then reads from c, and calls send again every
+// second until something arrives or testTimeout passes.
+func retryRecv(t *testing.T, c net.PacketConn, send func()) ([]byte, net.Addr) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	buf := make([]byte, 2048)
+	for {
+		send()
+		next := time.Now().Add(time.Second)
+		if next.After(deadline) {
+			next = deadline
+		}
+		c.SetReadDeadline(next)
+		n, from, err := c.ReadFrom(buf)
+		if err == nil {
+			return buf[:n], from
+		}
+		if ne, ok := err.(net.Error); !ok || !ne.Timeout() || time.Now().After(deadline) {
+			t.Fatalf("receive on %s: %v", c.LocalAddr(), err)
+		}
+	}
+}
+
 func recvFrom(t *testing.T, c net.PacketConn) ([]byte, net.Addr) {
 	t.Helper()
 	c.SetReadDeadline(time.Now().Add(testTimeout))

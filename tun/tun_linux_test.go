@@ -144,9 +144,12 @@ func TestReadWrite(t *testing.T) {
 					t.Fatalf("read %v -> %v %q; want from %v, payload ping", u.src, u.dst, u.payload, tt.local)
 				}
 
-				// TUN -> kernel: the reply, written at offset 16, reaches the socket.
-				writePacket(t, dev, buildUDP(remote, u.src, []byte("pong")))
-				got, from := recvFrom(t, c)
+				// TUN -> kernel: the reply, written at offset 16, reaches the
+				// socket. A packet written into a TUN goes through the CPU's
+				// input backlog, which other tests' traffic on this host can
+				// overflow: resend once a second, as a UDP peer would.
+				reply := buildUDP(remote, u.src, []byte("pong"))
+				got, from := retryRecv(t, c, func() { writePacket(t, dev, reply) })
 				if string(got) != "pong" || from.(*net.UDPAddr).AddrPort() != remote {
 					t.Fatalf("socket got %q from %v; want pong from %v", got, from, remote)
 				}
