@@ -144,9 +144,9 @@ func validHostName(h string) bool {
 // names it (an HTTP CONNECT authority, a browser's URL). An IP literal is
 // dialed as DialFlow does. A host name is looked up (Resolve, bounded by
 // Timeout) on the server, Allow is applied to every address it resolves
-// to, and the first allowed one (in the resolver's order) is dialed; if
-// none is allowed the flow is refused with Kind Prohibited, so a name
-// never reaches what its address could not. It returns the connection and
+// to, and the allowed ones are dialed in the resolver's order until one
+// answers (sharing Timeout); if none is allowed the flow is refused with
+// Kind Prohibited, so a name never reaches what its address could not. It returns the connection and
 // the address dialed, or an *Error: Kind Other wrapping ErrBadAuthority
 // for a malformed destination; for a failed lookup, Unreachable if the
 // name does not exist, Timeout if the lookup timed out, else Other; and
@@ -176,6 +176,7 @@ func (d *Dialer) DialHostPort(ctx context.Context, hostport string) (net.Conn, n
 		}
 		return nil, netip.AddrPort{}, &Error{Kind: kind, Dst: hostport, Err: fmt.Errorf("looking up %s: %w", host, err)}
 	}
+	var allowed []netip.AddrPort
 	var firstDenial error
 	for _, a := range addrs {
 		dst := netip.AddrPortFrom(a.Unmap(), port)
@@ -190,14 +191,53 @@ func (d *Dialer) DialHostPort(ctx context.Context, hostport string) (net.Conn, n
 				continue
 			}
 		}
-		c, err := d.DialFlow(ctx, dst)
-		return c, dst, err
+		allowed = append(allowed, dst)
 	}
-	if firstDenial == nil {
-		return nil, netip.AddrPort{}, &Error{Kind: Unreachable, Dst: hostport, Err: fmt.Errorf("%s has no addresses", host)}
+	if len(allowed) == 0 {
+		if firstDenial == nil {
+			return nil, netip.AddrPort{}, &Error{Kind: Unreachable, Dst: hostport, Err: fmt.Errorf("%s has no addresses", host)}
+		}
+		return nil, netip.AddrPort{}, &Error{Kind: Prohibited, Dst: hostport, Err: fmt.Errorf("%s resolves to no allowed address: %w", host, firstDenial)}
 	}
-	return nil, netip.AddrPort{}, &Error{Kind: Prohibited, Dst: hostport, Err: fmt.Errorf("%s resolves to no allowed address: %w", host, firstDenial)}
+	// Try the allowed addresses in order, as net.Dialer does: the dial
+	// timeout is shared, each address gets an equal part of what is left
+	// (at least minAttempt), and a refused or unreachable address moves on
+	// to the next. The last failure is returned.
+	timeout := d.Timeout
+	if timeout <= 0 {
+		timeout = DefaultDialTimeout
+	}
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var (
+		lastErr error
+		last    netip.AddrPort
+	)
+	for i, dst := range allowed {
+		last = dst
+		actx, acancel := dctx, context.CancelFunc(func() {})
+		if left := len(allowed) - i; left > 1 {
+			if dl, ok := dctx.Deadline(); ok {
+				part := max(time.Until(dl)/time.Duration(left), minAttempt)
+				actx, acancel = context.WithTimeout(dctx, part)
+			}
+		}
+		c, err := d.DialFlow(actx, dst)
+		acancel()
+		if err == nil {
+			return c, dst, nil
+		}
+		lastErr = err
+		if dctx.Err() != nil || ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, last, lastErr
 }
+
+// minAttempt is the least time DialHostPort gives one address of a name
+// before it moves on to the next.
+const minAttempt = 2 * time.Second
 
 // lookup resolves host with Resolve (or the default resolver) within the
 // dial timeout.

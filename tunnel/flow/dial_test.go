@@ -242,6 +242,7 @@ func TestDialHostPort(t *testing.T) {
 		"mixed.test":   {netip.MustParseAddr("169.254.169.254"), netip.MustParseAddr("::ffff:192.0.2.7"), netip.MustParseAddr("192.0.2.8")},
 		"special.test": {netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")},
 		"empty.test":   nil,
+		"second.test":  {netip.MustParseAddr("192.0.2.9"), open.Addr()},
 	}
 	resolve := func(ctx context.Context, host string) ([]netip.Addr, error) {
 		if host == "slow.test" {
@@ -269,13 +270,15 @@ func TestDialHostPort(t *testing.T) {
 		name    string
 		in      string
 		allow   func(netip.AddrPort) error
-		wantDst string // dialed address; "" for none
+		wantDst string // dialed addresses, space-separated; "" for none
 		kind    ErrorKind
 		wantErr bool
 	}{
 		{name: "name resolved and dialed", in: fmt.Sprintf("open.test:%d", open.Port()), allow: allowAll, wantDst: open.String()},
 		{name: "literal", in: open.String(), allow: allowAll, wantDst: open.String()},
-		{name: "first allowed address, unmapped", in: "mixed.test:80", allow: policy, wantDst: "192.0.2.7:80", wantErr: true, kind: Refused},
+		{name: "allowed addresses in order, unmapped", in: "mixed.test:80", allow: policy, wantDst: "192.0.2.7:80 192.0.2.8:80", wantErr: true, kind: Refused},
+		{name: "refused address, then the next", in: fmt.Sprintf("second.test:%d", open.Port()), allow: allowAll,
+			wantDst: fmt.Sprintf("192.0.2.9:%d %s", open.Port(), open)},
 		{name: "only special addresses", in: "special.test:80", allow: policy, wantErr: true, kind: Prohibited},
 		{name: "policy applies to literal", in: "127.0.0.1:80", allow: policy, wantErr: true, kind: Prohibited},
 		{name: "unknown name", in: "nope.test:80", allow: allowAll, wantErr: true, kind: Unreachable},
@@ -292,14 +295,14 @@ func TestDialHostPort(t *testing.T) {
 			if c != nil {
 				c.Close()
 			}
-			if tt.wantDst != "" && (len(dialed) != 1 || dialed[0] != tt.wantDst) {
+			if tt.wantDst != "" && strings.Join(dialed, " ") != tt.wantDst {
 				t.Errorf("dialed %v, want [%s]", dialed, tt.wantDst)
 			}
 			if tt.wantDst == "" && len(dialed) != 0 {
 				t.Errorf("dialed %v, want nothing", dialed)
 			}
 			if !tt.wantErr {
-				if err != nil || dst.String() != tt.wantDst {
+				if want := tt.wantDst[strings.LastIndex(tt.wantDst, " ")+1:]; err != nil || dst.String() != want {
 					t.Fatalf("DialHostPort(%q) = %v, %v; want %s", tt.in, dst, err, tt.wantDst)
 				}
 				return
