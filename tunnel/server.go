@@ -77,8 +77,9 @@ type ServerConfig struct {
 	// Logger receives session-level events. Nil means silent.
 	Logger *slog.Logger
 
-	// DisableWeb turns the browser client off entirely: no WebTransport
-	// sessions (404), no page, no TCP listener. By default (false) the
+	// DisableWeb turns the browser client off entirely: plain HTTP/3
+	// without WebTransport in its SETTINGS (a session request gets 404),
+	// no page, no TCP listener. By default (false) the
 	// server accepts WebTransport sessions at webproto.Path, serves Web
 	// (if set) and webproto.ConfigPath over HTTP/3, and listens on TCP on
 	// the UDP socket's address (same port number) for the page over HTTPS
@@ -265,6 +266,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		},
 		Logger: s.log,
 	}
+	if cfg.DisableWeb {
+		return s, nil // plain HTTP/3: no WebTransport SETTINGS advertised
+	}
 	// Every HTTP/3 connection goes through the WebTransport server, which
 	// splits WebTransport streams out and hands everything else (CONNECT-IP,
 	// flows, GET) to s.h3. It adds its SETTINGS and wraps ConnContext.
@@ -363,7 +367,11 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	})
 	err = grp.Wait()
 	s.wg.Wait()
-	s.wt.Close() // closes s.h3 too
+	if s.wt != nil {
+		s.wt.Close() // closes s.h3 too
+	} else {
+		s.h3.Close()
+	}
 	s.log.LogAttrs(context.Background(), slog.LevelInfo, "server counters", serverCounterAttrs(&s.stats)...)
 	if errors.Is(err, context.Canceled) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
 		err = nil
@@ -388,7 +396,11 @@ func (s *Server) serveConn(ctx context.Context, conn *quic.Conn) {
 	cs := &connState{conn: conn}
 	s.conns.Store(conn, cs)
 	defer s.conns.Delete(conn)
-	if err := s.wt.ServeQUICConn(conn); err != nil && s.log.Enabled(ctx, slog.LevelDebug) {
+	serve := s.h3.ServeQUICConn
+	if s.wt != nil {
+		serve = s.wt.ServeQUICConn
+	}
+	if err := serve(conn); err != nil && s.log.Enabled(ctx, slog.LevelDebug) {
 		s.log.Debug("connection ended", "remote", conn.RemoteAddr(), "err", err)
 	}
 	conn.CloseWithError(0, "")

@@ -625,9 +625,9 @@ func TestWebOriginHandshake(t *testing.T) {
 // listener; CONNECT-IP and the health check still work.
 func TestWebDisabled(t *testing.T) {
 	ws := startWebServer(t, webOpts{disable: true, web: testAssets()})
-	resp, sess, err := ws.wtDial(t, "")
-	if sess != nil || resp == nil || resp.StatusCode != http.StatusNotFound {
-		t.Fatalf("WebTransport with DisableWeb: %v %v", resp, err)
+	// The server does not even advertise WebTransport in its SETTINGS.
+	if _, sess, err := ws.wtDial(t, ""); sess != nil || err == nil || !strings.Contains(err.Error(), "didn't enable WebTransport") {
+		t.Fatalf("WebTransport with DisableWeb: session %v, err %v; want no WebTransport in SETTINGS", sess, err)
 	}
 	if ws.srv.WebAddr() != nil {
 		t.Errorf("TCP listener at %v with DisableWeb", ws.srv.WebAddr())
