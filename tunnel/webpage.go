@@ -24,6 +24,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/roamvpn/roam/tunnel/flow"
 	"github.com/roamvpn/roam/tunnel/webproto"
 )
 
@@ -489,22 +490,11 @@ func (s *Server) servePlain(w http.ResponseWriter, r *http.Request, port int) {
 	http.Redirect(w, r, target, http.StatusFound)
 }
 
-// validRedirectHost accepts an IP address or a DNS name (letters, digits,
-// '-', '_', '.'), so a Host header cannot inject anything into Location.
+// validRedirectHost accepts an IP address or a DNS name (flow.ParseHostPort's
+// rules), so a Host header cannot inject anything into Location.
 func validRedirectHost(h string) bool {
-	if _, err := netip.ParseAddr(h); err == nil {
-		return !strings.Contains(h, "%")
-	}
-	if h == "" || len(h) > 253 {
-		return false
-	}
-	for i := 0; i < len(h); i++ {
-		c := h[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return false
-		}
-	}
-	return true
+	_, _, err := flow.ParseHostPort(net.JoinHostPort(h, "443"))
+	return err == nil
 }
 
 // isLoopbackRemote reports whether a RemoteAddr ("ip:port") is a loopback
