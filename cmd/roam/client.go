@@ -114,7 +114,7 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	lc := net.ListenConfig{Control: tun.ControlMark(uint32(f.mark))}
 	cfg.ListenPacket = func(local netip.Addr) (net.PacketConn, error) {
 		addr := ":0"
-		if local.IsValid() {
+		if local.IsValid() && !local.IsLinkLocalUnicast() { // a link-local address would need its zone
 			addr = netip.AddrPortFrom(local, 0).String()
 		}
 		return lc.ListenPacket(ctx, "udp", addr)
