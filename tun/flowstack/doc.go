@@ -10,8 +10,8 @@
 //	TUN ◄─Write── Stack.Write ◄─ pump    └──────── flow.Splice ◄──────────────┘
 //
 // Every TCP packet (IPv4 and IPv6, fragments included) that Read takes from
-// the device goes to gVisor instead of to the caller; the caller gets the
-// other packets. Read runs gVisor's receive path on the caller's goroutine,
+// the device goes to gVisor instead of to the caller, except those of
+// inbound connections (below); the caller gets the other packets. Read runs gVisor's receive path on the caller's goroutine,
 // through gVisor's GRO, which merges the segments of a flow within a batch
 // (a Linux TUN splits the kernel's GSO bursts into MTU-sized packets); the
 // Stack trusts the device's checksums (see Stack.Read). gVisor accepts
@@ -34,10 +34,48 @@
 // that opens connections too fast. At most [Config.MaxFlows] flows exist
 // (connecting or established); beyond that a SYN gets a RST.
 //
-// TCP packets that arrive from the tunnel (Write) go to the device
-// unchanged. A TCP connection opened from the tunnel toward this host
-// therefore does not work in flow mode: its replies, read from the device,
-// are diverted into gVisor like all TCP.
+// # Inbound TCP
+//
+// Packets that arrive from the tunnel (Write) go to the device unchanged.
+// A TCP connection opened from the tunnel toward this host (the server or
+// another client connecting to the host's tunnel address) is carried as
+// packets, as in packet mode, by connection tracking: a SYN without ACK
+// that Write passes records the connection (addresses and ports, IPv4 or
+// IPv6), and Read passes the host's TCP packets of a recorded connection
+// through to the caller instead of diverting them into gVisor. An entry
+// ends:
+//
+//   - on a RST in either direction, at once;
+//   - 60 s after the last packet once both sides have sent a FIN (the
+//     host's TIME_WAIT; conntrack waits 120 s);
+//   - after 30 s without a packet while only the peer has sent (its SYN;
+//     conntrack's SYN_RECV is 60 s);
+//   - otherwise, established or half-closed, after 5 days without a
+//     packet (conntrack's default: TCP keepalive's first probe comes
+//     after 2 h idle, so a shorter timeout would reset idle connections
+//     that keep alive). A host packet of an ended connection goes to
+//     gVisor, which answers it with a RST.
+//
+// A SYN from the peer for a connection in its closing linger starts it
+// anew. Expired entries are removed when a packet finds them and by a
+// sweep when a SYN adds an entry, at most every 10 s (every 1 s while the
+// table is full). At most [Config.MaxInbound] connections are tracked
+// (65536 by default, about 160 bytes each); while the table is full, Write
+// drops new inbound SYNs (counted in Stats.InboundDropped) and the peer
+// retransmits them. Write also drops an inbound SYN whose connection is,
+// seen from the host, one of the flows (a gVisor endpoint or a SYN
+// waiting for Connect), which would otherwise lose its packets. The
+// tracking costs no lock while no connection is tracked, and none for a
+// packet whose host port no tracked connection has (every flow's packet:
+// flows come from ephemeral ports, inbound connections go to listening
+// ports); see BenchmarkConnTable and BenchmarkPacketPath. A host TCP
+// packet that is a non-initial IP fragment carries no ports and still goes
+// to gVisor: Linux sends TCP with DF set and does not fragment IPv6 TCP,
+// so this does not happen with a kernel's TCP. A RST or FIN is not checked
+// against the sequence window, as conntrack does: a RST forged with the
+// peer's addresses would end the entry even if the host's kernel ignored
+// it. The server drops packets whose source address is not the sending
+// client's, so only the peer itself (or the server) could send one.
 //
 // # Memory
 //

@@ -180,3 +180,11 @@ func (t *synTable) take(k synKey) []byte {
 }
 
 func (t *synTable) forget(k synKey) { t.take(k) }
+
+// has reports whether k's SYN is in the table.
+func (t *synTable) has(k synKey) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.m[k]
+	return ok
+}

@@ -46,13 +46,16 @@ type harness struct {
 	hdev  tun.Device
 	hnet  *netstack.Net
 
-	nonTCP  chan []byte // packets Stack.Read returned (copies)
+	nonTCP  chan []byte // packets Stack.Read returned (copies), unless pump is set
 	readErr error       // the error that ended the reader; set before readerWG.Done
 
 	// tap, if set before traffic, sees every packet the Stack writes to
 	// the device; returning false keeps it from the host.
 	tapMu sync.Mutex
 	tap   func(pkt []byte) bool
+	// pump, if set, receives (copies of) the packets Stack.Read returns
+	// instead of nonTCP: the tunnel side (see tunnelPeer).
+	pump func(pkt []byte)
 
 	stop     chan struct{}
 	hostWG   sync.WaitGroup
@@ -170,6 +173,13 @@ func (h *harness) reader() {
 		n, err := h.stack.Read(bufs, sizes, datagram.Headroom)
 		for i := range n {
 			p := append([]byte(nil), bufs[i][datagram.Headroom:datagram.Headroom+sizes[i]]...)
+			h.tapMu.Lock()
+			pump := h.pump
+			h.tapMu.Unlock()
+			if pump != nil {
+				pump(p)
+				continue
+			}
 			select {
 			case h.nonTCP <- p:
 			default:
@@ -187,6 +197,57 @@ func (h *harness) setTap(f func([]byte) bool) {
 	h.tap = f
 	h.tapMu.Unlock()
 }
+
+func (h *harness) setPump(f func([]byte)) {
+	h.tapMu.Lock()
+	h.pump = f
+	h.tapMu.Unlock()
+}
+
+// tunnelPeer is the tunnel side of the Stack for inbound connections: a
+// gVisor stack (wireguard's netstack) with the remote addresses, playing
+// the server or another client. What it sends goes into Stack.Write; its
+// deliver method takes the packets Stack.Read returns (set it as the
+// harness's pump).
+type tunnelPeer struct {
+	dev tun.Device
+	net *netstack.Net
+	wg  sync.WaitGroup
+}
+
+func newTunnelPeer(tb testing.TB, s *Stack) *tunnelPeer {
+	tb.Helper()
+	p := &tunnelPeer{}
+	var err error
+	p.dev, p.net, err = netstack.CreateNetTUN([]netip.Addr{remote4, remote6}, nil, testMTU)
+	if err != nil {
+		tb.Fatalf("CreateNetTUN: %v", err)
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		// Large buffers at Headroom: a Linux TUN's Write may coalesce
+		// into them.
+		bufs, sizes := [][]byte{make([]byte, datagram.LargeBufSize)}, []int{0}
+		for {
+			n, err := p.dev.Read(bufs, sizes, datagram.Headroom)
+			if err != nil {
+				return
+			}
+			for i := range n {
+				s.Write([][]byte{bufs[i][:datagram.Headroom+sizes[i]]}, datagram.Headroom)
+			}
+		}
+	}()
+	tb.Cleanup(func() {
+		p.dev.Close()
+		p.wg.Wait()
+	})
+	return p
+}
+
+// deliver gives the peer a packet from the Stack.
+func (p *tunnelPeer) deliver(pkt []byte) { p.dev.Write([][]byte{pkt}, 0) }
 
 // closeStack closes the Stack and waits for the reader.
 func (h *harness) closeStack() {

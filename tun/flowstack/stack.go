@@ -78,6 +78,13 @@ type Config struct {
 	// gets a RST. If zero, DefaultMaxFlows (4096).
 	MaxFlows int
 
+	// MaxInbound bounds the TCP connections opened toward the host from
+	// the tunnel that are tracked at once (see the package doc, "Inbound
+	// TCP"); while the table is full, new inbound SYNs are dropped and
+	// counted (the peer retransmits them). An entry takes about 160
+	// bytes (10 MiB for 65536). If zero, DefaultMaxInbound (65536).
+	MaxInbound int
+
 	// Logger receives start/stop and per-flow debug messages, never one
 	// per packet. If nil, nothing is logged.
 	Logger *slog.Logger
@@ -98,10 +105,19 @@ type Stats struct {
 	BytesDown uint64 // upstream stream -> application
 
 	PacketsDiverted uint64 // TCP packets Read took from the device into gVisor
+	PacketsInbound  uint64 // TCP packets of inbound connections Read passed through (not diverted)
 	PacketsOut      uint64 // packets written to the device by gVisor (and ICMP errors)
 	DropOutQueue    uint64 // gVisor packets dropped because the device writer fell behind
 	DropBufTooSmall uint64 // non-TCP packets Read dropped: the caller's bufs differ in size and one did not fit (or the device reported an impossible size)
 	WriteErrors     uint64 // device writes of gVisor's packets that failed other than by closure
+
+	// Inbound TCP connections (opened toward the host from the tunnel;
+	// see the package doc, "Inbound TCP").
+	InboundTracked uint64 // entries created by an inbound SYN
+	InboundActive  int64  // entries in the table (expired ones until they are swept)
+	InboundClosed  uint64 // entries ended by a RST, or by FINs both ways and the linger
+	InboundExpired uint64 // entries ended by their idle timeout
+	InboundDropped uint64 // inbound SYNs dropped: the table was full, or the connection is one of the flows
 }
 
 type counters struct {
@@ -122,7 +138,8 @@ type Stack struct {
 	ctx     context.Context // cancelled by Close; parent of every Connect and Splice
 	cancel  context.CancelFunc
 	syns    synTable
-	gro     gro.GRO // used by Read only (one goroutine at a time)
+	conns   *connTable // inbound TCP connections
+	gro     gro.GRO    // used by Read only (one goroutine at a time)
 	cnt     counters
 	devMu   sync.Mutex // serializes dev.Write between Write and the gVisor writer
 	flowCnt atomic.Int64
@@ -163,6 +180,8 @@ func newStack(cfg Config) (*Stack, error) {
 		return nil, fmt.Errorf("flowstack: Config.MaxPending %d is negative (0 = %d)", cfg.MaxPending, DefaultMaxPending)
 	case cfg.MaxFlows < 0:
 		return nil, fmt.Errorf("flowstack: Config.MaxFlows %d is negative (0 = %d)", cfg.MaxFlows, DefaultMaxFlows)
+	case cfg.MaxInbound < 0:
+		return nil, fmt.Errorf("flowstack: Config.MaxInbound %d is negative (0 = %d)", cfg.MaxInbound, DefaultMaxInbound)
 	case cfg.ConnectTimeout < 0:
 		return nil, fmt.Errorf("flowstack: Config.ConnectTimeout %v is negative (0 = %v)", cfg.ConnectTimeout, DefaultConnectTimeout)
 	}
@@ -174,6 +193,9 @@ func newStack(cfg Config) (*Stack, error) {
 	}
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.MaxInbound == 0 {
+		cfg.MaxInbound = DefaultMaxInbound
 	}
 	mtu := cfg.MTU
 	if mtu == 0 {
@@ -193,10 +215,11 @@ func newStack(cfg Config) (*Stack, error) {
 	log = log.With("component", "flowstack")
 
 	s := &Stack{
-		cfg:  cfg,
-		log:  log,
-		dev:  cfg.Dev,
-		syns: synTable{m: make(map[synKey][]byte), max: 2*cfg.MaxPending + 64},
+		cfg:   cfg,
+		log:   log,
+		dev:   cfg.Dev,
+		syns:  synTable{m: make(map[synKey][]byte), max: 2*cfg.MaxPending + 64},
+		conns: newConnTable(cfg.MaxInbound),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.link = newLink(uint32(mtu), outQueueLen, &s.cnt.dropQueue)
@@ -208,7 +231,7 @@ func newStack(cfg Config) (*Stack, error) {
 	s.writerWG.Add(1)
 	go s.deviceWriter()
 	log.Info("flow stack started", "mtu", mtu, "max_pending", cfg.MaxPending, "max_flows", cfg.MaxFlows,
-		"connect_timeout", cfg.ConnectTimeout)
+		"connect_timeout", cfg.ConnectTimeout, "max_inbound", cfg.MaxInbound)
 	return s, nil
 }
 
@@ -296,6 +319,7 @@ func (s *Stack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 func (s *Stack) divert(bufs [][]byte, sizes []int, offset, n int) int {
 	var p datagram.Packet
 	var diverted uint64
+	now := clock{t: s.conns}
 	d := s.link.dispatcher()
 	s.gro.Dispatcher = d
 	k := 0
@@ -311,7 +335,7 @@ func (s *Stack) divert(bufs [][]byte, sizes []int, offset, n int) int {
 			continue
 		}
 		pkt := bufs[i][offset : offset+sizes[i]]
-		if p.Decode(pkt) == nil && p.Proto == protoTCP {
+		if p.Decode(pkt) == nil && p.Proto == protoTCP && !s.conns.fromHost(pkt[:p.Len], &p, &now) {
 			if d != nil {
 				s.inject(pkt[:p.Len], &p)
 			}
@@ -361,16 +385,44 @@ func (s *Stack) inject(pkt []byte, p *datagram.Packet) {
 }
 
 // Write writes packets from the tunnel to the device, serialized with the
-// Stack's own writes (gVisor's output); it returns what Dev.Write returns.
-// The caller keeps ownership of bufs (the device may rewrite them, as
-// datagram.Device.Write says). After Close it returns os.ErrClosed.
+// Stack's own writes (gVisor's output). It tracks the TCP connections they
+// open toward the host (see the package doc, "Inbound TCP"), and drops an
+// inbound SYN that the table has no room for or whose connection is one of
+// the flows; the returned count includes dropped packets, the error is
+// Dev.Write's. The caller keeps ownership of bufs (the device may rewrite
+// them, as datagram.Device.Write says). After Close it returns
+// os.ErrClosed.
 func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 	if s.closed.Load() {
 		return 0, os.ErrClosed
 	}
+	var keep [][]byte // nil unless a packet is dropped
+	var p datagram.Packet
+	now := clock{t: s.conns}
+	for i, b := range bufs {
+		ok := true
+		if offset <= len(b) && maybeTCP(b[offset:]) && p.Decode(b[offset:]) == nil && p.Proto == protoTCP {
+			ok = s.conns.fromTunnel(b[offset:offset+p.Len], &p, &now, s.flowInUse)
+		}
+		switch {
+		case !ok && keep == nil:
+			keep = append(make([][]byte, 0, len(bufs)-1), bufs[:i]...)
+		case ok && keep != nil:
+			keep = append(keep, b)
+		}
+	}
+	dropped := 0
+	if keep != nil {
+		dropped = len(bufs) - len(keep)
+		if len(keep) == 0 {
+			return dropped, nil
+		}
+		bufs = keep
+	}
 	s.devMu.Lock()
 	defer s.devMu.Unlock()
-	return s.dev.Write(bufs, offset)
+	n, err := s.dev.Write(bufs, offset)
+	return n + dropped, err
 }
 
 // BatchSize returns Dev.BatchSize().
@@ -401,6 +453,12 @@ func (s *Stack) Stats() Stats {
 		DropOutQueue:     c.dropQueue.Load(),
 		DropBufTooSmall:  c.dropSmall.Load(),
 		WriteErrors:      c.writeErr.Load(),
+		PacketsInbound:   s.conns.packets.Load(),
+		InboundTracked:   s.conns.tracked.Load(),
+		InboundActive:    s.conns.len(),
+		InboundClosed:    s.conns.closed.Load(),
+		InboundExpired:   s.conns.expired.Load(),
+		InboundDropped:   s.conns.dropped.Load(),
 	}
 }
 
