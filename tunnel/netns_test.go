@@ -349,6 +349,44 @@ func TestNetnsKernelNAT(t *testing.T) {
 					}
 				}
 			})
+			t.Run("inbound-tcp", func(t *testing.T) {
+				// A connection opened toward the client (from the server
+				// host, to the client's tunnel address) works in both modes;
+				// in flow mode it goes as packets, not as a flow.
+				var ln net.Listener
+				tp.in(tp.c, func() { ln, err = net.Listen("tcp", net.JoinHostPort(tunAddr, "2222")) })
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer ln.Close()
+				go func() {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					defer c.Close()
+					io.Copy(c, c)
+				}()
+				var c net.Conn
+				tp.in(tp.s, func() { c, err = net.DialTimeout("tcp", net.JoinHostPort(tunAddr, "2222"), 10*time.Second) })
+				if err != nil {
+					t.Fatalf("dial the client's tunnel address %s from the server: %v", tunAddr, err)
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(60 * time.Second))
+				payload := make([]byte, 1<<20)
+				for i := range payload {
+					payload[i] = byte(i * 7)
+				}
+				go func() {
+					c.Write(payload)
+					c.(*net.TCPConn).CloseWrite()
+				}()
+				got, err := io.ReadAll(c)
+				if err != nil || !bytes.Equal(got, payload) {
+					t.Fatalf("echo from the client: %d of %d bytes, err %v", len(got), len(payload), err)
+				}
+			})
 			t.Run("spoofed-source", func(t *testing.T) {
 				if mode != "packet" {
 					t.Skip("a property of the server; checked once, in packet mode")
