@@ -102,7 +102,16 @@ func startTestServerWith(t *testing.T, o testServerOpts) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := o.addr
+	addr, stop := serveTestServer(t, srv, o.addr)
+	return &testServer{srv: srv, addr: addr, pin: pin, nat: nat, stop: stop}
+}
+
+// serveTestServer runs srv on a UDP socket at addr ("127.0.0.1:0" if
+// empty) until the test ends or stop is called, and returns the socket's
+// address once srv is ready. stop cancels Serve, checks that it returns
+// without an error, and closes the socket; it is idempotent.
+func serveTestServer(t *testing.T, srv *Server, addr string) (string, func()) {
+	t.Helper()
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
@@ -130,7 +139,7 @@ func startTestServerWith(t *testing.T, o testServerOpts) *testServer {
 	}
 	t.Cleanup(stop)
 	<-srv.Ready()
-	return &testServer{srv: srv, addr: pc.LocalAddr().String(), pin: pin, nat: nat, stop: stop}
+	return pc.LocalAddr().String(), stop
 }
 
 // testClient is a client whose device is a userspace netstack, so tests

@@ -112,35 +112,8 @@ func startWebServerStoppable(t *testing.T, o webOpts) (*webTestServer, func()) {
 	if o.helloTimeout > 0 {
 		srv.helloTimeout = o.helloTimeout
 	}
-	addr := o.udpAddr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	pc, err := net.ListenPacket("udp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, pc) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("Serve: %v", err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Errorf("Serve did not return after cancel")
-			}
-			pc.Close()
-		})
-	}
-	t.Cleanup(stop)
-	<-srv.Ready()
-	return &webTestServer{srv: srv, addr: pc.LocalAddr().String(), cert: cert, pin: pin}, stop
+	addr, stop := serveTestServer(t, srv, o.udpAddr)
+	return &webTestServer{srv: srv, addr: addr, cert: cert, pin: pin}, stop
 }
 
 // wtDial opens a WebTransport session to ws with Go's client (which sends
