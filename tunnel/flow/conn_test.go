@@ -173,31 +173,11 @@ func TestConnDeadlines(t *testing.T) {
 	}
 }
 
-// oneConnListener serves the conns sent on its channel.
-type oneConnListener struct {
-	conns chan net.Conn
-	done  chan struct{}
-	once  sync.Once
-}
-
-func (l *oneConnListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *oneConnListener) Close() error { l.once.Do(func() { close(l.done) }); return nil }
-
-func (l *oneConnListener) Addr() net.Addr { return flow.Addr("server") }
-
 // TestConnHTTP runs net/http's client and server over a Pipe, both ends
 // adapted with NewConn, as the browser client runs its HTTP client over
 // flows.
 func TestConnHTTP(t *testing.T) {
-	ln := &oneConnListener{conns: make(chan net.Conn), done: make(chan struct{})}
+	ln := flowtest.NewListener("server")
 	body := strings.Repeat("roam ", 50000)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		req, _ := io.ReadAll(r.Body)
@@ -211,7 +191,7 @@ func TestConnHTTP(t *testing.T) {
 		dials.Add(1)
 		a, b := flowtest.Pipe()
 		select {
-		case ln.conns <- flow.NewConn(b, flow.Addr("server"), flow.Addr("client")):
+		case ln.C <- flow.NewConn(b, flow.Addr("server"), flow.Addr("client")):
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}

@@ -27,12 +27,12 @@ const goodToken = "s3cret"
 type fakeServer struct {
 	silent  bool // never answers HELLO
 	pongs   bool // answers PING
-	httpLn  *pipeListener
+	httpLn  *flowtest.Listener
 	httpSrv *http.Server
 }
 
 func newFakeServer(t *testing.T) *fakeServer {
-	ln := &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
+	ln := flowtest.NewListener("fake")
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		fmt.Fprintf(w, "hello from %s%s", r.Host, r.URL.Path)
@@ -157,30 +157,11 @@ func (s *fakeSession) flow(st *flowtest.End) {
 	default:
 		webproto.WriteMessage(st, webproto.TypeFlowOK, nil)
 		select {
-		case s.srv.httpLn.conns <- flow.NewConn(st, nil, nil):
-		case <-s.srv.httpLn.done:
+		case s.srv.httpLn.C <- flow.NewConn(st, nil, nil):
+		case <-s.srv.httpLn.Done():
 		}
 	}
 }
-
-type pipeListener struct {
-	conns chan net.Conn
-	done  chan struct{}
-	once  sync.Once
-}
-
-func (l *pipeListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *pipeListener) Close() error { l.once.Do(func() { close(l.done) }); return nil }
-
-func (l *pipeListener) Addr() net.Addr { return flow.Addr("fake") }
 
 func signIn(t *testing.T, fs *fakeServer, cfg client.Config) (*client.Client, *fakeSession) {
 	t.Helper()

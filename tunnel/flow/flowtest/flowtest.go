@@ -217,3 +217,38 @@ func mapReset(err error) error {
 	}
 	return err
 }
+
+// Listener is a net.Listener whose Accept returns the conns sent on C, for
+// serving net/http over flows (flow.NewConn of a Pipe end) in tests. Close
+// makes Accept return net.ErrClosed and closes Done; conns still in C are
+// not closed.
+type Listener struct {
+	C    chan net.Conn
+	name string
+	done chan struct{}
+	once sync.Once
+}
+
+// NewListener returns a Listener whose Addr is flow.Addr(name).
+func NewListener(name string) *Listener {
+	return &Listener{C: make(chan net.Conn), name: name, done: make(chan struct{})}
+}
+
+// Accept returns the next conn sent on C, or net.ErrClosed after Close.
+func (l *Listener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.C:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close ends Accept; it is idempotent.
+func (l *Listener) Close() error { l.once.Do(func() { close(l.done) }); return nil }
+
+// Done is closed by Close: a sender on C selects on it too.
+func (l *Listener) Done() <-chan struct{} { return l.done }
+
+// Addr returns flow.Addr(name).
+func (l *Listener) Addr() net.Addr { return flow.Addr(l.name) }
