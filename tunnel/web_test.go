@@ -48,6 +48,7 @@ type webOpts struct {
 	routes       []netip.Prefix
 	maxFlows     int
 	udpAddr      string // listen here (default 127.0.0.1:0)
+	tcpRetries   int    // internal: new ports tried because TCP on the picked one was taken
 }
 
 // testAssets stands in for web.Assets (the browser client package, built
@@ -113,6 +114,13 @@ func startWebServerStoppable(t *testing.T, o webOpts) (*webTestServer, func()) {
 		srv.helloTimeout = o.helloTimeout
 	}
 	addr, stop := serveTestServer(t, srv, o.udpAddr)
+	if !o.disable && o.udpAddr == "" && srv.WebAddr() == nil && o.tcpRetries < 5 {
+		// The UDP port the kernel picked is taken on TCP by some other
+		// test's socket: try another port.
+		stop()
+		o.tcpRetries++
+		return startWebServerStoppable(t, o)
+	}
 	return &webTestServer{srv: srv, addr: addr, cert: cert, pin: pin}, stop
 }
 
