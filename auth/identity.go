@@ -2,7 +2,10 @@ package auth
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -16,6 +19,40 @@ type PortRange struct{ Lo, Hi uint16 }
 
 // Contains reports whether p is in r.
 func (r PortRange) Contains(p uint16) bool { return r.Lo <= p && p <= r.Hi }
+
+// ParsePortRange parses "P" or "LO-HI" (1..65535, LO <= HI).
+func ParsePortRange(s string) (PortRange, error) {
+	lo, hi, isRange := strings.Cut(strings.TrimSpace(s), "-")
+	if !isRange {
+		hi = lo
+	}
+	l, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+	h, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+	if err1 != nil || err2 != nil || l == 0 || h == 0 || l > h {
+		return PortRange{}, fmt.Errorf("invalid port range %q: expected a port 1-65535 or LO-HI like 8000-8100", s)
+	}
+	return PortRange{Lo: uint16(l), Hi: uint16(h)}, nil
+}
+
+// String returns "P" or "LO-HI", the form ParsePortRange reads.
+func (r PortRange) String() string {
+	if r.Lo == r.Hi {
+		return strconv.Itoa(int(r.Lo))
+	}
+	return strconv.Itoa(int(r.Lo)) + "-" + strconv.Itoa(int(r.Hi))
+}
+
+// UserPolicy is the server operator's policy for one user name (from the
+// server's configuration). It narrows what that user's signed tokens allow;
+// it never widens it.
+type UserPolicy struct {
+	// Routes, when non-nil, are intersected with the token's routes.
+	Routes []netip.Prefix
+	// Ports, when non-nil, are intersected with the token's ports.
+	Ports []PortRange
+	// Disabled rejects every token of the user.
+	Disabled bool
+}
 
 // Identity is what a verified bearer token says about its holder. It is a
 // value: the Authenticator that returned it keeps no reference to it.
