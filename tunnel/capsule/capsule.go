@@ -32,12 +32,16 @@ func (t Type) String() string {
 		return "ADDRESS_REQUEST"
 	case TypeRouteAdvertisement:
 		return "ROUTE_ADVERTISEMENT"
+	case TypeDNSAssign:
+		return "DNS_ASSIGN"
 	}
 	return "capsule type 0x" + strconv.FormatUint(uint64(t), 16)
 }
 
-// Known reports whether t is one of the four types this package defines.
-// [Reader] treats oversized capsules of known and unknown types differently.
+// Known reports whether t is one of the four types of RFC 9297 and RFC
+// 9484. [Reader] treats oversized capsules of known and unknown types
+// differently; DNS_ASSIGN counts as unknown there (an oversized one is
+// skipped: the DNS configuration is advisory, the tunnel works without it).
 func (t Type) Known() bool { return t <= TypeRouteAdvertisement }
 
 // HTTP/3 error codes a caller may use when resetting a request stream

@@ -1,5 +1,6 @@
 // Package capsule encodes and decodes HTTP capsules (RFC 9297 §3.2) and the
-// CONNECT-IP capsules of RFC 9484 §4.7.
+// CONNECT-IP capsules of RFC 9484 §4.7, plus the DNS_ASSIGN capsule of
+// draft-ietf-masque-connect-ip-dns-06.
 //
 // Every capsule on a Capsule Protocol data stream has the same framing:
 //
@@ -32,6 +33,14 @@
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	|   End IP Address (32 or 128 bits) ...     |  IP Protocol  |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//
+//	DNS_ASSIGN (0x1ACE79EC, provisional), draft-ietf-masque-connect-ip-dns-06
+//	§3.4: zero or more DNS Configurations, each a Nameserver Count and
+//	Nameservers {Service Priority (16), IPv4 Address Count (i), IPv4
+//	Addresses, IPv6 Address Count (i), IPv6 Addresses, Authentication Domain
+//	Name, Service Parameters Length (i), Service Parameters}, then Internal
+//	Domain Count (i) and Domains, then Search Domain Count (i) and Domains;
+//	a Domain is Domain Length (i) and Domain Name. See docs/protocol.md.
 //
 // Encoders are append-style ([AddressAssign.Append] etc.) and write the
 // whole capsule, type and length included. Parsers ([ParseAddressAssign]

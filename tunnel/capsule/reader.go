@@ -72,6 +72,12 @@ func (r *Reader) Next() (Type, []byte, error) {
 	return t, v, err
 }
 
+// Buffered returns how many bytes the Reader has already received beyond
+// the capsule Next returned last. A caller that has what it waited for can
+// use it to take the capsules that arrived together with it (a peer that
+// writes several capsules at once) without blocking for more.
+func (r *Reader) Buffered() int { return r.br.Buffered() }
+
 // Discarded returns how many oversized DATAGRAM or unknown-type capsules
 // Next has skipped.
 func (r *Reader) Discarded() uint64 { return r.discarded }

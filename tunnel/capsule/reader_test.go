@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"runtime"
+	"slices"
 	"testing"
 	"testing/iotest"
 )
@@ -245,4 +246,28 @@ func BenchmarkReader(b *testing.B) {
 			r = NewReader(src)
 		}
 	}
+}
+
+func TestReaderBuffered(t *testing.T) {
+	one := AppendCapsule(nil, TypeAddressAssign, nil)
+	two := AppendCapsule(nil, TypeDNSAssign, []byte{0})
+	pr, pw := io.Pipe()
+	go func() { pw.Write(append(slices.Clone(one), two...)) }()
+	r := NewReader(pr)
+	if r.Buffered() != 0 {
+		t.Fatal("buffered before reading")
+	}
+	if ty, _, err := r.Next(); err != nil || ty != TypeAddressAssign {
+		t.Fatal(ty, err)
+	}
+	if got := r.Buffered(); got != len(two) {
+		t.Fatalf("Buffered = %d, want %d", got, len(two))
+	}
+	if ty, _, err := r.Next(); err != nil || ty != TypeDNSAssign {
+		t.Fatal(ty, err)
+	}
+	if r.Buffered() != 0 {
+		t.Fatal("still buffered")
+	}
+	pw.Close()
 }
