@@ -33,6 +33,10 @@ type DeviceConfig struct {
 	Routes []netip.Prefix
 	// MTU is the tunnel MTU (TunnelMTU).
 	MTU int
+	// DNS are the resolvers the server pushed (DNS_ASSIGN), in preference
+	// order; nil if it pushed none. The server routes them through the
+	// tunnel; the device configures the host to use them, or not.
+	DNS []netip.Addr
 }
 
 // ClientConfig configures a tunnel client.
@@ -221,9 +225,9 @@ func (c *Client) Run(ctx context.Context) error {
 		return fmt.Errorf("none of the requested routes %v is in the server's advertisement", c.cfg.Routes)
 	}
 	info := Info{Server: c.cfg.Server, Addresses: prefixes, Routes: st.routes.prefixes(), MTU: TunnelMTU}
-	s := &supervisor{c: c, linkErr: make(chan *datagram.Link, 1), pumpDone: make(chan error, 1)}
+	s := &supervisor{c: c, linkErr: make(chan *datagram.Link, 1), pumpDone: make(chan error, 1), dns: dnsAddrs(l.dns)}
 	s.state.Store(st)
-	dev, err := c.cfg.NewDevice(DeviceConfig{Addresses: info.Addresses, Routes: info.Routes, MTU: info.MTU})
+	dev, err := c.cfg.NewDevice(DeviceConfig{Addresses: info.Addresses, Routes: info.Routes, MTU: info.MTU, DNS: s.dns})
 	if err != nil {
 		l.close("device failed")
 		return fmt.Errorf("creating the tunnel device: %w", err)

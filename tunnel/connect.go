@@ -36,6 +36,9 @@ type link struct {
 	qpath      *quic.Path // the path migrated to last; nil for the dialed one
 	migrations int        // successful migrations of conn
 
+	// dns is the DNS_ASSIGN that came with the configuration; nil if none.
+	dns *capsule.DNSAssign
+
 	mu      sync.Mutex
 	sockets []net.PacketConn  // guarded by mu; closed with the link
 	trs     []*quic.Transport // guarded by mu; closed with the link
@@ -141,7 +144,7 @@ func (c *Client) connectOnce(ctx context.Context, want []netip.Prefix) (_ *link,
 	if err := c.request(ctx, l, want); err != nil {
 		return nil, err
 	}
-	if l.assign, l.routes, err = awaitConfig(ctx, l.str, l.rd, want); err != nil {
+	if l.assign, l.routes, l.dns, err = awaitConfig(ctx, l.str, l.rd, want); err != nil {
 		return nil, err
 	}
 	l.dl = &datagram.Link{
@@ -267,13 +270,13 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 // for specific addresses is answered by an assignment carrying its request
 // IDs (RFC 9484 §4.7.2) or, from servers that assign without echoing IDs,
 // one that contains every wanted prefix. Earlier, unprompted assignments
-// are skipped.
-func awaitConfig(ctx context.Context, str *http3.RequestStream, rd *capsule.Reader, want []netip.Prefix) (*capsule.AddressAssign, *capsule.RouteAdvertisement, error) {
+// are skipped. Capsules that arrived together with the last of those
+// (Roam's server sends its DNS_ASSIGN in the same write) are taken too;
+// dns is the last DNS_ASSIGN among them, nil if none.
+func awaitConfig(ctx context.Context, str *http3.RequestStream, rd *capsule.Reader, want []netip.Prefix) (assign *capsule.AddressAssign, routes *capsule.RouteAdvertisement, dns *capsule.DNSAssign, err error) {
 	stop := context.AfterFunc(ctx, func() { str.CancelRead(errCodeRequestCancelled) })
 	defer stop()
-	var assign *capsule.AddressAssign
-	var routes *capsule.RouteAdvertisement
-	for assign == nil || routes == nil {
+	for assign == nil || routes == nil || rd.Buffered() > 0 {
 		t, v, err := rd.Next()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -281,26 +284,30 @@ func awaitConfig(ctx context.Context, str *http3.RequestStream, rd *capsule.Read
 				if assign != nil {
 					what = "ROUTE_ADVERTISEMENT"
 				}
-				return nil, nil, fmt.Errorf("waiting for the server's %s: %w", what, context.Cause(ctx))
+				return nil, nil, nil, fmt.Errorf("waiting for the server's %s: %w", what, context.Cause(ctx))
 			}
-			return nil, nil, fmt.Errorf("reading the server's capsules: %w", err)
+			return nil, nil, nil, fmt.Errorf("reading the server's capsules: %w", err)
 		}
 		switch t {
 		case capsule.TypeAddressAssign:
 			a, err := capsule.ParseAddressAssign(v)
 			if err != nil {
-				return nil, nil, fmt.Errorf("server sent a malformed capsule: %w", err)
+				return nil, nil, nil, fmt.Errorf("server sent a malformed capsule: %w", err)
 			}
 			if answers(a, want) {
 				assign = a
 			}
 		case capsule.TypeRouteAdvertisement:
 			if routes, err = capsule.ParseRouteAdvertisement(v); err != nil {
-				return nil, nil, fmt.Errorf("server sent a malformed capsule: %w", err)
+				return nil, nil, nil, fmt.Errorf("server sent a malformed capsule: %w", err)
+			}
+		case capsule.TypeDNSAssign:
+			if dns, err = capsule.ParseDNSAssign(v); err != nil {
+				return nil, nil, nil, fmt.Errorf("server sent a malformed capsule: %w", err)
 			}
 		}
 	}
-	return assign, routes, nil
+	return assign, routes, dns, nil
 }
 
 // answers reports whether a answers the request addressRequest(want).

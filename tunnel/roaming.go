@@ -62,6 +62,9 @@ type supervisor struct {
 	paused   bool // no route to the server: the pump has no link
 	lastRTT  time.Duration
 
+	// dns is the DNS the device was set up with; read-only after Run set it.
+	dns []netip.Addr
+
 	// cur is the link carrying the tunnel now (nil while reconnecting),
 	// for flows; curMu/curCh signal its changes.
 	cur   atomic.Pointer[link]
@@ -150,6 +153,7 @@ func (s *supervisor) adopt(l *link) {
 		s.c.log.Info("server advertises other routes now; the device keeps its own", "routes", routes.prefixes())
 	}
 	s.state.Store(&clientState{addrs: old.addrs, routes: routes})
+	s.noteDNS(l.dns)
 }
 
 // serve watches one link until it is lost (a *lostError), ctx ends (nil)
@@ -375,6 +379,12 @@ func (s *supervisor) watchCapsules(l *link) error {
 			old := s.state.Load()
 			s.state.Store(&clientState{addrs: old.addrs, routes: intersect(routesFromRanges(r.Ranges), routesFromPrefixes(s.c.cfg.Routes))})
 			s.c.log.Info("server updated its routes", "routes", s.state.Load().routes.prefixes())
+		case capsule.TypeDNSAssign:
+			d, err := capsule.ParseDNSAssign(v)
+			if err != nil {
+				return fmt.Errorf("server sent a malformed capsule: %w", err)
+			}
+			s.noteDNS(d)
 		}
 	}
 }

@@ -43,6 +43,11 @@ type ServerConfig struct {
 	// Routes are advertised to clients and enforced on their packets'
 	// destinations. Nil means DefaultRoutes (everything).
 	Routes []netip.Prefix
+	// DNS are the resolvers pushed to clients in a DNS_ASSIGN capsule
+	// (draft-ietf-masque-connect-ip-dns, see docs/protocol.md), after the
+	// first ADDRESS_ASSIGN and ROUTE_ADVERTISEMENT. They should lie inside
+	// Routes (a warning is logged otherwise). Nil means none pushed.
+	DNS []netip.Addr
 	// Device is where client packets go (a kernel TUN whose traffic the
 	// host NATs, or the userspace NAT stack) and where replies come from.
 	// Required. The server owns it from NewServer on and closes it when
@@ -248,6 +253,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		certs:   certs,
 
 		helloTimeout: webHelloTimeout,
+	}
+	if err := s.checkDNS(); err != nil {
+		return nil, err
 	}
 	s.dialer = flow.Dialer{Allow: s.flowAllow, Dial: s.flowDial}
 	s.writer = datagram.NewWriter(cfg.Device, &s.stats.Stats, 4096)

@@ -250,6 +250,11 @@ func (sess *session) readCapsules() error {
 			if _, err := capsule.ParseRouteAdvertisement(v); err != nil {
 				return &capsuleError{err}
 			}
+		case capsule.TypeDNSAssign:
+			// A client's DNS configuration is ignored (draft §3.5).
+			if _, err := capsule.ParseDNSAssign(v); err != nil {
+				return &capsuleError{err}
+			}
 		default:
 			// Unknown capsule types are skipped (RFC 9297 §3.2).
 		}
@@ -338,7 +343,7 @@ func zeroAddr(is4 bool) netip.Addr {
 }
 
 // writeCapsules sends the complete ADDRESS_ASSIGN (plus refusals) and, the
-// first time, the ROUTE_ADVERTISEMENT, in one write.
+// first time, the ROUTE_ADVERTISEMENT and DNS_ASSIGN, in one write.
 func (sess *session) writeCapsules(rejected []capsule.AssignedAddress, withRoutes bool) error {
 	as := sess.addrs.Load()
 	assign := capsule.AddressAssign{Addresses: append([]capsule.AssignedAddress{
@@ -353,6 +358,9 @@ func (sess *session) writeCapsules(rejected []capsule.AssignedAddress, withRoute
 		adv := capsule.RouteAdvertisement{Ranges: sess.routes.ranges()}
 		if b, err = adv.Append(b); err != nil {
 			return fmt.Errorf("encoding ROUTE_ADVERTISEMENT: %w", err)
+		}
+		if b, err = sess.appendDNS(b); err != nil {
+			return err
 		}
 	}
 	if _, err := sess.str.Write(b); err != nil {

@@ -1,0 +1,76 @@
+package tunnel
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/roamvpn/roam/tunnel/capsule"
+)
+
+// checkDNS validates ServerConfig.DNS and warns about resolvers the
+// server's routes do not cover: a client would reach those outside the
+// tunnel, which leaks its queries to whatever network it is on.
+func (s *Server) checkDNS() error {
+	for i, a := range s.cfg.DNS {
+		if !a.IsValid() || a.IsUnspecified() || a.Zone() != "" || a.Is4In6() {
+			return fmt.Errorf("tunnel: ServerConfig.DNS[%d]: %v is not a usable resolver address; want a plain IPv4 or IPv6 address such as 100.96.0.1", i, a)
+		}
+	}
+	if out := dnsOutside(s.cfg.DNS, s.routes); len(out) > 0 {
+		s.log.Warn("DNS servers outside the advertised routes: clients will reach them outside the tunnel", "dns", out, "routes", s.cfg.Routes)
+	}
+	return nil
+}
+
+// dnsOutside returns the addresses of dns that rs does not carry DNS
+// (UDP or TCP port 53) to.
+func dnsOutside(dns []netip.Addr, rs routeSet) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range dns {
+		if !rs.allows(a, 17) && !rs.allows(a, 6) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// appendDNS appends the session's DNS_ASSIGN to b, if the server has DNS
+// servers, and warns when the session's routes do not reach some of them.
+func (sess *session) appendDNS(b []byte) ([]byte, error) {
+	dns := sess.srv.cfg.DNS
+	if len(dns) == 0 {
+		return b, nil
+	}
+	if out := dnsOutside(dns, sess.routes); len(out) > 0 && len(dnsOutside(dns, sess.srv.routes)) == 0 {
+		sess.log.Warn("DNS servers outside this session's routes: the client will reach them outside the tunnel", "dns", out)
+	}
+	c := capsule.DNSAssignFor(dns)
+	b, err := c.Append(b)
+	if err != nil {
+		return b, fmt.Errorf("encoding DNS_ASSIGN: %w", err)
+	}
+	return b, nil
+}
+
+// dnsAddrs returns the plain-DNS resolver addresses of d (nil for nil).
+func dnsAddrs(d *capsule.DNSAssign) []netip.Addr {
+	if d == nil {
+		return nil
+	}
+	return d.PlainAddrs()
+}
+
+// noteDNS logs a DNS configuration from the server that differs from the
+// one the device was set up with. It is not applied: like the addresses
+// and routes, the host's DNS stays as configured for the device's life
+// (a reconnect does not rebuild the device). A reconnect to a server that
+// sends no DNS_ASSIGN (d nil) keeps the DNS silently.
+func (s *supervisor) noteDNS(d *capsule.DNSAssign) {
+	if d == nil {
+		return
+	}
+	if got := d.PlainAddrs(); !slices.Equal(got, s.dns) {
+		s.c.log.Warn("server pushes other DNS servers now; the host keeps the device's", "new", got, "device", s.dns)
+	}
+}
