@@ -1,0 +1,149 @@
+package dns
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/godbus/dbus/v5"
+)
+
+const (
+	resolvedName = "org.freedesktop.resolve1"
+	resolvedPath = "/org/freedesktop/resolve1"
+	resolvedMgr  = "org.freedesktop.resolve1.Manager."
+)
+
+// resolvedLink is a link configured through systemd-resolved.
+type resolvedLink struct {
+	conn    *dbus.Conn
+	ifindex int
+}
+
+// linkDNS is resolved's (iay) address: family and bytes.
+type linkDNS struct {
+	Family  int32
+	Address []byte
+}
+
+// linkDomain is resolved's (sb) domain: name and routing-only.
+type linkDomain struct {
+	Domain      string
+	RoutingOnly bool
+}
+
+// resolvedInUse reports whether systemd-resolved answers this process's
+// queries for the link indexes it sees, and if not, why.
+func resolvedInUse(resolvConf string) (bool, string) {
+	if !sameNetnsAsInit() {
+		return false, "not in the network namespace of PID 1 (resolved's link indexes differ)"
+	}
+	if !pointsAtResolved(resolvConf) {
+		return false, resolvConf + " does not point at resolved"
+	}
+	conn, err := dbus.ConnectSystemBus()
+	if err != nil {
+		return false, "no system bus: " + err.Error()
+	}
+	defer conn.Close()
+	var has bool
+	if err := conn.BusObject().Call("org.freedesktop.DBus.NameHasOwner", 0, resolvedName).Store(&has); err != nil || !has {
+		return false, resolvedName + " is not on the system bus"
+	}
+	return true, ""
+}
+
+// sameNetnsAsInit compares this thread's network namespace with PID 1's.
+func sameNetnsAsInit() bool {
+	var a, b syscall.Stat_t
+	if syscall.Stat("/proc/thread-self/ns/net", &a) != nil || syscall.Stat("/proc/1/ns/net", &b) != nil {
+		return false
+	}
+	return a.Ino == b.Ino && a.Dev == b.Dev
+}
+
+// pointsAtResolved reports whether the resolv.conf at path sends queries to
+// resolved: a symlink into /run/systemd/resolve/, or a file whose
+// nameservers are resolved's stub addresses.
+func pointsAtResolved(path string) bool {
+	if t, err := filepath.EvalSymlinks(path); err == nil && strings.HasPrefix(t, "/run/systemd/resolve/") {
+		return true
+	}
+	b, err := os.ReadFile(path)
+	if err != nil || bytes.HasPrefix(b, []byte(Header)) {
+		return false
+	}
+	ns := parseNameservers(b)
+	for _, a := range ns {
+		if a != netip.MustParseAddr("127.0.0.53") && a != netip.MustParseAddr("127.0.0.54") {
+			return false
+		}
+	}
+	return len(ns) > 0
+}
+
+// configureResolved sets the link's DNS servers, domains and default
+// route. On error the link is reverted.
+func configureResolved(ifindex int, cfg *Config) (*resolvedLink, error) {
+	conn, err := dbus.ConnectSystemBus()
+	if err != nil {
+		return nil, fmt.Errorf("dns: connecting to the system bus: %w", err)
+	}
+	l := &resolvedLink{conn: conn, ifindex: ifindex}
+	var servers []linkDNS
+	for _, a := range cfg.Servers {
+		fam := int32(syscall.AF_INET)
+		if a.Is6() && !a.Is4In6() {
+			fam = syscall.AF_INET6
+		}
+		addr := a.Unmap()
+		if fam == syscall.AF_INET6 {
+			addr = a.WithZone("")
+		}
+		servers = append(servers, linkDNS{Family: fam, Address: addr.AsSlice()})
+	}
+	var domains []linkDomain
+	if cfg.FullTunnel {
+		domains = append(domains, linkDomain{Domain: ".", RoutingOnly: true}) // "~." in resolvectl's notation
+	}
+	for _, d := range cfg.Domains {
+		domains = append(domains, linkDomain{Domain: d})
+	}
+	if domains == nil {
+		domains = []linkDomain{}
+	}
+	obj := conn.Object(resolvedName, resolvedPath)
+	steps := []struct {
+		method string
+		args   []any
+	}{
+		{"SetLinkDNS", []any{int32(ifindex), servers}},
+		{"SetLinkDomains", []any{int32(ifindex), domains}},
+		{"SetLinkDefaultRoute", []any{int32(ifindex), true}},
+	}
+	for _, s := range steps {
+		if err := obj.Call(resolvedMgr+s.method, 0, s.args...).Err; err != nil {
+			l.revert()
+			return nil, fmt.Errorf("dns: systemd-resolved %s on link %d: %w", s.method, ifindex, err)
+		}
+	}
+	return l, nil
+}
+
+// revert undoes the link's settings (RevertLink) and closes the bus
+// connection. A link that is already gone counts as reverted.
+func (l *resolvedLink) revert() error {
+	defer l.conn.Close()
+	err := l.conn.Object(resolvedName, resolvedPath).Call(resolvedMgr+"RevertLink", 0, int32(l.ifindex)).Err
+	if err != nil && strings.Contains(err.Error(), "NoSuchLink") {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("dns: systemd-resolved RevertLink on link %d: %w", l.ifindex, err)
+	}
+	return nil
+}
