@@ -26,7 +26,9 @@
 //     the stack.
 //   - Traffic to [Config.Gateway4] / [Config.Gateway6] is for the server host
 //     itself: TCP and UDP to Gateway4:port are dialed to 127.0.0.1:port,
-//     Gateway6:port to [::1]:port.
+//     Gateway6:port to [::1]:port, except port 53 when [Config.DNS] is set:
+//     DNS over UDP and TCP to either gateway goes to that resolver (the
+//     server pushes the gateways as the clients' DNS servers).
 //   - Dropped and counted ([Stats]), never answered: packets that do not parse,
 //     sources outside [Config.Prefixes], destinations that are loopback,
 //     multicast, broadcast, unspecified, link-local (this keeps clients away

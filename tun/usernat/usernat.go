@@ -68,6 +68,17 @@ type Config struct {
 	// is required. Gateway4 must be IPv4, Gateway6 IPv6.
 	Gateway4, Gateway6 netip.Addr
 
+	// DNS is the host's resolver (typically the first nameserver of the
+	// server host's /etc/resolv.conf, see dns.HostResolver in tun/dns).
+	// If set, UDP and TCP to port 53 of either gateway are forwarded to
+	// it instead of to loopback port 53, so the gateways can be pushed to
+	// clients as their DNS server: with a resolver such as
+	// systemd-resolved's 127.0.0.53, or one on another host, loopback
+	// port 53 would answer nothing. A loopback resolver is fine (the
+	// server's own sockets dial it). If the zero AddrPort, gateway port 53
+	// is loopback port 53 like every other port.
+	DNS netip.AddrPort
+
 	// Prefixes are the client address pools. If not empty, packets whose
 	// source is outside every prefix are dropped (DropSource), as are
 	// packets to pool addresses other than the gateways (client-to-client
@@ -229,7 +240,7 @@ func New(cfg Config) (*Stack, error) {
 	}
 
 	log.Info("userspace NAT started", "mtu", cfg.MTU, "gateway4", cfg.Gateway4, "gateway6", cfg.Gateway6,
-		"prefixes", cfg.Prefixes, "max_flows", cfg.MaxFlows)
+		"prefixes", cfg.Prefixes, "max_flows", cfg.MaxFlows, "dns", cfg.DNS)
 	return s, nil
 }
 
@@ -263,6 +274,14 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("usernat: Config.Gateway4 %v: want a specific IPv4 address such as 10.0.0.1", c.Gateway4)
 	case c.Gateway6.IsValid() && (!c.Gateway6.Is6() || c.Gateway6.Is4In6() || c.Gateway6.IsUnspecified() || c.Gateway6.Zone() != ""):
 		return fmt.Errorf("usernat: Config.Gateway6 %v: want a specific IPv6 address without zone such as fd00::1", c.Gateway6)
+	case c.DNS.IsValid() && (c.DNS.Addr().IsUnspecified() || c.DNS.Port() == 0):
+		return fmt.Errorf("usernat: Config.DNS %v: want the host resolver's address and port such as 127.0.0.53:53", c.DNS)
+	}
+	c.DNS = netip.AddrPortFrom(c.DNS.Addr().Unmap(), c.DNS.Port())
+	for _, p := range c.Prefixes {
+		if c.DNS.IsValid() && p.Contains(c.DNS.Addr()) {
+			return fmt.Errorf("usernat: Config.DNS %v lies in the client pool %v: want the host's own resolver, which queries are forwarded to", c.DNS, p)
+		}
 	}
 	for i, p := range c.Prefixes {
 		if !p.IsValid() {
@@ -556,9 +575,12 @@ func (s *Stack) reserve() bool {
 func (s *Stack) release() { s.active.Add(-1) }
 
 // target maps a destination seen by the stack to the host address to dial:
-// the gateways become loopback.
+// the gateways become loopback, and their port 53 the DNS resolver if set.
 func (s *Stack) target(proto string, dst netip.Addr, port uint16) (network, address string) {
+	gw := (s.cfg.Gateway4.IsValid() && dst == s.cfg.Gateway4) || (s.cfg.Gateway6.IsValid() && dst == s.cfg.Gateway6)
 	switch {
+	case gw && port == 53 && s.cfg.DNS.IsValid():
+		dst, port = s.cfg.DNS.Addr(), s.cfg.DNS.Port()
 	case s.cfg.Gateway4.IsValid() && dst == s.cfg.Gateway4:
 		dst = netip.AddrFrom4([4]byte{127, 0, 0, 1})
 	case s.cfg.Gateway6.IsValid() && dst == s.cfg.Gateway6:

@@ -45,6 +45,10 @@ func TestConfigValidation(t *testing.T) {
 		{"negative timeout", func(c *Config) { c.DialTimeout = -1 }, "Config.DialTimeout"},
 		{"negative idle", func(c *Config) { c.UDPIdleTimeout = -1 }, "Config.UDPIdleTimeout"},
 		{"negative flows", func(c *Config) { c.MaxFlows = -1 }, "Config.MaxFlows"},
+		{"dns", func(c *Config) { c.DNS = netip.MustParseAddrPort("127.0.0.53:53") }, ""},
+		{"dns port 0", func(c *Config) { c.DNS = netip.MustParseAddrPort("127.0.0.53:0") }, "Config.DNS"},
+		{"dns unspecified", func(c *Config) { c.DNS = netip.MustParseAddrPort("0.0.0.0:53") }, "Config.DNS"},
+		{"dns is a gateway", func(c *Config) { c.DNS = netip.AddrPortFrom(testGW4, 53) }, "lies in the client pool"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
