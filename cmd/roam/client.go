@@ -5,15 +5,18 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 
 	"github.com/roamvpn/roam/auth"
 	"github.com/roamvpn/roam/datagram"
 	"github.com/roamvpn/roam/tun"
+	dnspkg "github.com/roamvpn/roam/tun/dns"
 	"github.com/roamvpn/roam/tun/flowstack"
 	"github.com/roamvpn/roam/tunnel"
 )
@@ -30,6 +33,10 @@ type clientFlags struct {
 	logLevel  string
 	debug     string
 	mode      string
+
+	dns        string // --dns: auto or off
+	resolvConf string // --resolv-conf
+	resolvSet  bool   // --resolv-conf given: manage that file, never resolved
 }
 
 func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, error) {
@@ -46,9 +53,19 @@ func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, erro
 	fs.StringVar(&f.mode, "mode", "packet", "`MODE`: packet (every IP packet as a datagram) or flow (each TCP connection as its own QUIC stream, the rest as datagrams)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
 	fs.StringVar(&f.debug, "debug", "", "serve pprof and counters on this loopback `HOST:PORT` (off by default)")
+	// DNS push (docs/protocol.md, "DNS push").
+	fs.StringVar(&f.dns, "dns", "auto", "`MODE`: auto (use the DNS servers the server pushes: systemd-resolved on the TUN link if it serves the host, else --resolv-conf; restored on exit) or off")
+	fs.StringVar(&f.resolvConf, "resolv-conf", dnspkg.DefaultResolvConf, "resolver `FILE` managed when systemd-resolved is not used (saved next to itself as FILE"+dnspkg.BackupSuffix+" and restored on exit); giving it always manages the file")
 	help, err := parseFlags(fs, args, stdout)
 	if help || err != nil {
 		return nil, help, err
+	}
+	fs.Visit(func(fl *flag.Flag) { f.resolvSet = f.resolvSet || fl.Name == "resolv-conf" })
+	if f.dns != "auto" && f.dns != "off" {
+		return nil, false, usagef("client: invalid value %q for flag --dns: expected auto or off", f.dns)
+	}
+	if f.resolvConf == "" || !filepath.IsAbs(f.resolvConf) {
+		return nil, false, usagef("client: invalid value %q for flag --resolv-conf: expected an absolute file path like /etc/resolv.conf", f.resolvConf)
 	}
 	if f.server == "" {
 		return nil, false, usagef("client: flag --server is required: expected HOST:PORT like vpn.example.com:4433")
@@ -132,7 +149,7 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		cfg.Monitor = mon
 	}
 	cfg.NewDevice = func(dc tunnel.DeviceConfig) (datagram.Device, error) {
-		return clientDevice(f, dc)
+		return clientDevice(f, dc, log)
 	}
 	if f.mode == "flow" {
 		cfg.FlowDevice = func(dev datagram.Device, mtu int, open tunnel.OpenFlow) (datagram.Device, error) {
@@ -149,7 +166,7 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // clientDevice creates and configures the kernel TUN with the assigned
 // addresses and installs the routes with policy routing. Closing the
 // returned device removes the routes, the rules and the device.
-func clientDevice(f *clientFlags, dc tunnel.DeviceConfig) (datagram.Device, error) {
+func clientDevice(f *clientFlags, dc tunnel.DeviceConfig, log *slog.Logger) (datagram.Device, error) {
 	dev, name, err := tun.Create(f.tunName, dc.MTU)
 	if err != nil {
 		return nil, fmt.Errorf("creating TUN device %s: %w (the client needs root or CAP_NET_ADMIN)", f.tunName, err)
@@ -163,20 +180,35 @@ func clientDevice(f *clientFlags, dc tunnel.DeviceConfig) (datagram.Device, erro
 		dev.Close()
 		return nil, err
 	}
-	return &hostDevice{Device: dev, routing: rt}, nil
+	dh, err := clientDNS(f, dc, name, log)
+	if err != nil {
+		rt.Close()
+		dev.Close()
+		return nil, err
+	}
+	return &hostDevice{Device: dev, routing: rt, dns: dh}, nil
 }
 
-// hostDevice is a TUN device whose Close also removes its routing.
+// hostDevice is a TUN device whose Close also removes its routing and
+// restores the host's DNS.
 type hostDevice struct {
 	tun.Device
 	routing *tun.Routing
+	dns     *dnspkg.Handle // nil: DNS left alone
 	once    sync.Once
 	err     error
 }
 
 func (d *hostDevice) Close() error {
 	d.once.Do(func() {
+		var derr error
+		if d.dns != nil {
+			derr = d.dns.Close()
+		}
 		rerr := d.routing.Close()
+		if rerr == nil {
+			rerr = derr
+		}
 		d.err = d.Device.Close()
 		if d.err == nil {
 			d.err = rerr

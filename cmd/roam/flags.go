@@ -99,3 +99,23 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) (help bool, e
 	}
 	return false, nil
 }
+
+// addrList is the repeatable --dns flag of the server: IP addresses.
+type addrList struct{ vals []netip.Addr }
+
+func (l *addrList) String() string {
+	s := make([]string, len(l.vals))
+	for i, v := range l.vals {
+		s[i] = v.String()
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *addrList) Set(v string) error {
+	a, err := netip.ParseAddr(strings.TrimSpace(v))
+	if err != nil || a.IsUnspecified() || a.Zone() != "" {
+		return errors.New("expected a DNS server's IP address like 100.96.0.1 or fd00:96::1")
+	}
+	l.vals = append(l.vals, a.Unmap())
+	return nil
+}

@@ -43,6 +43,11 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"client", "--server", "h:1", "--token", "t", "--pin", "md5:00"}, "--pin"},
 		{[]string{"client", "--server", "h:1", "--token", "t", "--route", "x"}, "--route"},
 		{[]string{"client", "--server", "h:1", "--token", "t", "--table", "254"}, "--table"},
+		{[]string{"server", "--dns", "dns.example"}, "--dns"},
+		{[]string{"server", "--dns", "0.0.0.0"}, "--dns"},
+		{[]string{"server", "--dns-forward", "127.0.0.53"}, "--dns-forward"},
+		{[]string{"client", "--server", "h:1", "--token", "t", "--dns", "maybe"}, "--dns"},
+		{[]string{"client", "--server", "h:1", "--token", "t", "--resolv-conf", "resolv.conf"}, "--resolv-conf"},
 		{[]string{"frobnicate"}, "unknown command"},
 	}
 	for _, tt := range tests {

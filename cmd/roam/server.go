@@ -44,6 +44,9 @@ type serverFlags struct {
 	web        bool
 	webOrigins stringList
 	webDir     string
+
+	dns        addrList // --dns: pushed to clients
+	dnsForward string   // --dns-forward: the userspace NAT's upstream resolver
 }
 
 // webAssets is the browser client embedded in the binary (index.html,
@@ -94,9 +97,17 @@ func parseServerFlags(args []string, stdout io.Writer) (*serverFlags, bool, erro
 	fs.BoolVar(&f.web, "web", true, "serve the browser client: WebTransport sessions, and the page over HTTP/3 and over TCP on the same port number (--web=false: none of it)")
 	fs.Var(&f.webOrigins, "web-origin", "`ORIGIN` (scheme://host[:port]) whose pages may also open browser sessions, besides the server's own page (repeatable)")
 	fs.StringVar(&f.webDir, "web-dir", "", "serve the browser client's files from `DIR` instead of the embedded ones (development)")
+	// DNS push (docs/protocol.md, "DNS push").
+	fs.Var(&f.dns, "dns", "DNS server `ADDR` pushed to clients (repeatable); default with --nat userspace: the pools' gateway addresses, answered by forwarding to --dns-forward")
+	fs.StringVar(&f.dnsForward, "dns-forward", "", "resolver `ADDR:PORT` the userspace NAT forwards DNS on the gateway addresses to; default: the first nameserver of /etc/resolv.conf, port 53")
 	help, err := parseFlags(fs, args, stdout)
 	if help || err != nil {
 		return nil, help, err
+	}
+	if f.dnsForward != "" {
+		if _, err := netip.ParseAddrPort(f.dnsForward); err != nil {
+			return nil, false, usagef("server: invalid value %q for flag --dns-forward: expected ADDR:PORT like 127.0.0.53:53 or [::1]:53", f.dnsForward)
+		}
 	}
 	if _, _, err := net.SplitHostPort(f.listen); err != nil {
 		return nil, false, usagef("server: invalid value %q for flag --listen: expected HOST:PORT like 0.0.0.0:4433", f.listen)
@@ -221,6 +232,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		Pool4:  pool4,
 		Pool6:  pool6,
 		Routes: f.routes.vals,
+		DNS:    pushDNS(f, pool4, pool6, log),
 		Device: dev,
 		Secret: secret,
 		Logger: log,
@@ -298,6 +310,7 @@ func serverDevice(f *serverFlags, pool4, pool6 *addrpool.Pool, log *slog.Logger)
 			Gateway4: pool4.Gateway(),
 			Gateway6: pool6.Gateway(),
 			Prefixes: []netip.Prefix{pool4.Prefix(), pool6.Prefix()},
+			DNS:      dnsForward(f, log),
 			Logger:   log, // usernat adds component=usernat itself
 		})
 		if err != nil {
