@@ -47,6 +47,9 @@ type testServerOpts struct {
 	// gatewayLoopback maps flows to the gateway to loopback, as the
 	// userspace NAT does for packets.
 	gatewayLoopback bool
+	// dns is ServerConfig.DNS; dnsForward the userspace NAT's Config.DNS.
+	dns        []netip.Addr
+	dnsForward netip.AddrPort
 }
 
 func startTestServer(t *testing.T, routes []netip.Prefix) *testServer {
@@ -82,6 +85,7 @@ func startTestServerWith(t *testing.T, o testServerOpts) *testServer {
 		Gateway4: pool4.Gateway(),
 		Gateway6: pool6.Gateway(),
 		Prefixes: []netip.Prefix{pool4.Prefix(), pool6.Prefix()},
+		DNS:      o.dnsForward,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -92,6 +96,7 @@ func startTestServerWith(t *testing.T, o testServerOpts) *testServer {
 		Pool4:      pool4,
 		Pool6:      pool6,
 		Routes:     o.routes,
+		DNS:        o.dns,
 		Device:     nat,
 		Secret:     o.secret,
 		LeaseGrace: o.grace,
