@@ -2,14 +2,10 @@ package usernat
 
 import (
 	"context"
-	"encoding/binary"
-	"io"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
-
-	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/roamvpn/roam/tun/dns/dnstest"
 )
@@ -82,7 +78,7 @@ func TestGatewayDNS(t *testing.T) {
 			}
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(20 * time.Second))
-			got, err := lookupA(c, tt.tcp, "host.example.")
+			got, err := dnstest.LookupA(c, tt.tcp, "host.example.")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -94,56 +90,4 @@ func TestGatewayDNS(t *testing.T) {
 	if n := srv.Queries.Load(); n != 4 {
 		t.Errorf("resolver answered %d queries, want 4", n)
 	}
-}
-
-// lookupA sends one A query on c (TCP framing if tcp) and returns the
-// first address of the answer.
-func lookupA(c net.Conn, tcp bool, name string) (netip.Addr, error) {
-	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: 0x5253, RecursionDesired: true})
-	b.StartQuestions()
-	b.Question(dnsmessage.Question{Name: dnsmessage.MustNewName(name), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET})
-	q, err := b.Finish()
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	if tcp {
-		q = append(binary.BigEndian.AppendUint16(nil, uint16(len(q))), q...)
-	}
-	if _, err := c.Write(q); err != nil {
-		return netip.Addr{}, err
-	}
-	resp := make([]byte, 2048)
-	var n int
-	if tcp {
-		var l [2]byte
-		if _, err := io.ReadFull(c, l[:]); err != nil {
-			return netip.Addr{}, err
-		}
-		resp = resp[:binary.BigEndian.Uint16(l[:])]
-		n, err = io.ReadFull(c, resp)
-	} else {
-		n, err = c.Read(resp)
-	}
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	var p dnsmessage.Parser
-	h, err := p.Start(resp[:n])
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	if h.ID != 0x5253 || h.RCode != dnsmessage.RCodeSuccess {
-		return netip.Addr{}, &net.DNSError{Err: h.RCode.String(), Name: name}
-	}
-	if err := p.SkipAllQuestions(); err != nil {
-		return netip.Addr{}, err
-	}
-	if _, err := p.AnswerHeader(); err != nil {
-		return netip.Addr{}, err
-	}
-	a, err := p.AResource()
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	return netip.AddrFrom4(a.A), nil
 }

@@ -174,3 +174,56 @@ func (s *Server) answer(q []byte) []byte {
 	s.Queries.Add(1)
 	return out
 }
+
+// LookupA sends one A query for name (a FQDN such as "host.example.") on
+// c, with TCP framing if tcp, and returns the first address of the answer.
+// A failed lookup (such as NXDOMAIN) is a *net.DNSError.
+func LookupA(c net.Conn, tcp bool, name string) (netip.Addr, error) {
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: 0x5253, RecursionDesired: true})
+	b.StartQuestions()
+	b.Question(dnsmessage.Question{Name: dnsmessage.MustNewName(name), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET})
+	q, err := b.Finish()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if tcp {
+		q = append(binary.BigEndian.AppendUint16(nil, uint16(len(q))), q...)
+	}
+	if _, err := c.Write(q); err != nil {
+		return netip.Addr{}, err
+	}
+	resp := make([]byte, 2048)
+	var n int
+	if tcp {
+		var l [2]byte
+		if _, err := io.ReadFull(c, l[:]); err != nil {
+			return netip.Addr{}, err
+		}
+		resp = resp[:binary.BigEndian.Uint16(l[:])]
+		n, err = io.ReadFull(c, resp)
+	} else {
+		n, err = c.Read(resp)
+	}
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	var p dnsmessage.Parser
+	h, err := p.Start(resp[:n])
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if h.ID != 0x5253 || h.RCode != dnsmessage.RCodeSuccess {
+		return netip.Addr{}, &net.DNSError{Err: h.RCode.String(), Name: name}
+	}
+	if err := p.SkipAllQuestions(); err != nil {
+		return netip.Addr{}, err
+	}
+	if _, err := p.AnswerHeader(); err != nil {
+		return netip.Addr{}, err
+	}
+	a, err := p.AResource()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	return netip.AddrFrom4(a.A), nil
+}
