@@ -24,6 +24,8 @@ import (
 //   - userspace: --nat userspace without --dns pushes the gateway
 //     addresses; the userspace NAT forwards their port 53 to a resolver on
 //     the server namespace's loopback (--dns-forward).
+//   - userspace-flow: the same with the client in flow mode, where DNS
+//     over TCP is a flow the server dials (to the same resolver).
 //   - kernel: --dns 10.231.2.2 pushes the inet host's resolver, reached
 //     through the tunnel and the kernel NAT.
 func TestNetnsDNSPush(t *testing.T) {
@@ -58,11 +60,15 @@ func TestNetnsDNSPush(t *testing.T) {
 	for _, tt := range []struct {
 		name     string
 		args     []string
+		mode     string // the client's --mode
 		pushed   []string
 		resolver *dnstest.Server
 	}{
-		{"userspace", []string{"--nat", "userspace", "--dns-forward", "127.0.0.1:5353"}, []string{"100.96.0.1", "fd00:96::1"}, loop},
-		{"kernel", []string{"--nat", "kernel", "--dns", "10.231.2.2"}, []string{"10.231.2.2"}, inet},
+		{"userspace", []string{"--nat", "userspace", "--dns-forward", "127.0.0.1:5353"}, "packet", []string{"100.96.0.1", "fd00:96::1"}, loop},
+		// In flow mode DNS over TCP is a flow the server dials itself
+		// (ServerConfig.GatewayDNS), not a packet for the userspace NAT.
+		{"userspace-flow", []string{"--nat", "userspace", "--dns-forward", "127.0.0.1:5353"}, "flow", []string{"100.96.0.1", "fd00:96::1"}, loop},
+		{"kernel", []string{"--nat", "kernel", "--dns", "10.231.2.2"}, "packet", []string{"10.231.2.2"}, inet},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			state := t.TempDir()
@@ -78,7 +84,7 @@ func TestNetnsDNSPush(t *testing.T) {
 			if err := os.WriteFile(rc, []byte(before), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			cli := tp.start(tp.c, bin, "client", "--server", "10.231.1.1:4433", "--token", testToken, "--pin", pin, "--resolv-conf", rc)
+			cli := tp.start(tp.c, bin, "client", "--server", "10.231.1.1:4433", "--token", testToken, "--pin", pin, "--resolv-conf", rc, "--mode", tt.mode)
 			waitFor(t, "the client's tunnel and DNS", 10*time.Second, func() bool {
 				b, _ := os.ReadFile(rc)
 				return strings.Contains(cli.out.String(), "tunnel up") && strings.HasPrefix(string(b), dns.Header)

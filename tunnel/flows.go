@@ -96,14 +96,18 @@ func (s *Server) flowAllow(dst netip.AddrPort) error {
 
 // flowDial dials a flow's destination. The pools' gateway addresses are
 // the server itself; with GatewayLoopback they map to the host's loopback,
-// as the userspace NAT does for packets.
+// as the userspace NAT does for packets, and their port 53 to GatewayDNS.
 func (s *Server) flowDial(ctx context.Context, network, address string) (net.Conn, error) {
 	if s.cfg.GatewayLoopback {
 		if ap, err := netip.ParseAddrPort(address); err == nil {
-			switch ap.Addr() {
-			case s.cfg.Pool4.Gateway():
+			gw := ap.Addr() == s.cfg.Pool4.Gateway() || ap.Addr() == s.cfg.Pool6.Gateway()
+			switch {
+			case gw && ap.Port() == 53 && s.cfg.GatewayDNS.IsValid():
+				address = s.cfg.GatewayDNS.String() // DNS over TCP, as the userspace NAT forwards it
+				network = "tcp"
+			case ap.Addr() == s.cfg.Pool4.Gateway():
 				address = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), ap.Port()).String()
-			case s.cfg.Pool6.Gateway():
+			case ap.Addr() == s.cfg.Pool6.Gateway():
 				address = netip.AddrPortFrom(netip.IPv6Loopback(), ap.Port()).String()
 			}
 		}

@@ -79,6 +79,11 @@ type ServerConfig struct {
 	// packets. Otherwise they are dialed as they are (the kernel TUN holds
 	// those addresses).
 	GatewayLoopback bool
+	// GatewayDNS, with GatewayLoopback, is where flows to a gateway's port
+	// 53 (DNS over TCP in flow mode) are dialed instead of loopback port
+	// 53: the resolver the userspace NAT forwards DNS to (usernat
+	// Config.DNS). The zero AddrPort: loopback port 53.
+	GatewayDNS netip.AddrPort
 	// Logger receives session-level events. Nil means silent.
 	Logger *slog.Logger
 

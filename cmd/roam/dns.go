@@ -30,18 +30,13 @@ func dnsForward(f *serverFlags, log *slog.Logger) netip.AddrPort {
 
 // pushDNS is what the server pushes to clients: --dns, or in userspace
 // mode the gateway addresses (where the userspace NAT answers DNS), unless
-// there is no resolver to forward to.
-func pushDNS(f *serverFlags, pool4, pool6 *addrpool.Pool, log *slog.Logger) []netip.Addr {
+// there is no resolver to forward to (dnsForward has warned then).
+func pushDNS(f *serverFlags, pool4, pool6 *addrpool.Pool) []netip.Addr {
 	if len(f.dns.vals) > 0 {
 		return slices.Clone(f.dns.vals)
 	}
-	if f.nat != "userspace" {
+	if f.nat != "userspace" || !f.upstream.IsValid() {
 		return nil
-	}
-	if f.dnsForward == "" {
-		if _, err := dns.HostResolver(dns.DefaultResolvConf); err != nil {
-			return nil // dnsForward has warned
-		}
 	}
 	return []netip.Addr{pool4.Gateway(), pool6.Gateway()}
 }

@@ -45,8 +45,9 @@ type serverFlags struct {
 	webOrigins stringList
 	webDir     string
 
-	dns        addrList // --dns: pushed to clients
-	dnsForward string   // --dns-forward: the userspace NAT's upstream resolver
+	dns        addrList       // --dns: pushed to clients
+	dnsForward string         // --dns-forward: the userspace NAT's upstream resolver
+	upstream   netip.AddrPort // the resolver in use (set by serverDevice in userspace mode)
 }
 
 // webAssets is the browser client embedded in the binary (index.html,
@@ -232,13 +233,14 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		Pool4:  pool4,
 		Pool6:  pool6,
 		Routes: f.routes.vals,
-		DNS:    pushDNS(f, pool4, pool6, log),
+		DNS:    pushDNS(f, pool4, pool6),
 		Device: dev,
 		Secret: secret,
 		Logger: log,
 		// Flows to the gateway reach the host's loopback in userspace
 		// mode, as packets do there.
 		GatewayLoopback: f.nat == "userspace",
+		GatewayDNS:      f.upstream,
 
 		DisableWeb: !f.web,
 		Web:        assets,
@@ -305,12 +307,13 @@ func serverDevice(f *serverFlags, pool4, pool6 *addrpool.Pool, log *slog.Logger)
 	gw4 := netip.PrefixFrom(pool4.Gateway(), pool4.Prefix().Bits())
 	gw6 := netip.PrefixFrom(pool6.Gateway(), pool6.Prefix().Bits())
 	if f.nat == "userspace" {
+		f.upstream = dnsForward(f, log)
 		st, err := usernat.New(usernat.Config{
 			MTU:      tunnel.TunnelMTU,
 			Gateway4: pool4.Gateway(),
 			Gateway6: pool6.Gateway(),
 			Prefixes: []netip.Prefix{pool4.Prefix(), pool6.Prefix()},
-			DNS:      dnsForward(f, log),
+			DNS:      f.upstream,
 			Logger:   log, // usernat adds component=usernat itself
 		})
 		if err != nil {
