@@ -232,6 +232,7 @@ func (c *Client) Run(ctx context.Context) error {
 		l.close("device failed")
 		return fmt.Errorf("creating the tunnel device: %w", err)
 	}
+	s.dnsDev, _ = dev.(DNSUpdater)
 	mode := "packet"
 	if c.cfg.FlowDevice != nil {
 		// The wrapper owns the device from here on (and closes it).

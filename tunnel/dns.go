@@ -61,16 +61,41 @@ func dnsAddrs(d *capsule.DNSAssign) []netip.Addr {
 	return d.PlainAddrs()
 }
 
-// noteDNS logs a DNS configuration from the server that differs from the
-// one the device was set up with. It is not applied: like the addresses
-// and routes, the host's DNS stays as configured for the device's life
-// (a reconnect does not rebuild the device). A reconnect to a server that
-// sends no DNS_ASSIGN (d nil) keeps the DNS silently.
+// DNSUpdater is implemented by a device returned from
+// ClientConfig.NewDevice that can change the host's DNS servers while it
+// lives (cmd/roam's TUN device does, through tun/dns).
+type DNSUpdater interface {
+	// UpdateDNS makes the host use dns (in preference order) instead of
+	// the servers it was created with or last given; empty means the
+	// host's own DNS again. On error the host's own DNS is back.
+	UpdateDNS(dns []netip.Addr) error
+}
+
+// noteDNS handles a DNS configuration from the server (a DNS_ASSIGN on
+// the stream, or the one that came with a reconnect): if its servers
+// differ from the host's, a device that is a DNSUpdater applies them,
+// else the change is logged and the device keeps its DNS (like the
+// addresses and routes, it is set up once). A reconnect to a server that
+// sends no DNS_ASSIGN (d nil) keeps the DNS as it is.
 func (s *supervisor) noteDNS(d *capsule.DNSAssign) {
 	if d == nil {
 		return
 	}
-	if got := d.PlainAddrs(); !slices.Equal(got, s.dns) {
-		s.c.log.Warn("server pushes other DNS servers now; the host keeps the device's", "new", got, "device", s.dns)
+	got := d.PlainAddrs()
+	s.dnsMu.Lock()
+	defer s.dnsMu.Unlock()
+	if slices.Equal(got, s.dns) {
+		return
 	}
+	if s.dnsDev == nil {
+		s.c.log.Warn("server pushes other DNS servers now; the device keeps its own", "new", got, "device", s.dns)
+		return
+	}
+	if err := s.dnsDev.UpdateDNS(got); err != nil {
+		s.c.log.Warn("applying the server's new DNS servers failed; the host's own DNS is back", "dns", got, "err", err)
+		s.dns = nil
+		return
+	}
+	s.c.log.Info("server pushes other DNS servers now; the host uses them", "dns", got, "before", s.dns)
+	s.dns = got
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -88,5 +89,63 @@ func TestServerDNSConfig(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "outside the advertised routes") {
 		t.Fatalf("no warning; logs:\n%s", logs.String())
+	}
+}
+
+// dnsDevice is a test device that records UpdateDNS calls.
+type dnsDevice struct {
+	datagram.Device
+	mu      sync.Mutex
+	updates [][]netip.Addr
+}
+
+func (d *dnsDevice) UpdateDNS(dns []netip.Addr) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.updates = append(d.updates, dns)
+	return nil
+}
+
+func (d *dnsDevice) get() [][]netip.Addr {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.updates)
+}
+
+// After a reconnect to a server that pushes other DNS servers, a device
+// that is a DNSUpdater gets them; the same servers again change nothing.
+func TestDNSUpdateOnReconnect(t *testing.T) {
+	secret := make([]byte, 32)
+	for i := range secret {
+		secret[i] = byte(i)
+	}
+	first := []netip.Addr{netip.MustParseAddr("100.96.0.1")}
+	second := []netip.Addr{netip.MustParseAddr("fd00:96::1"), netip.MustParseAddr("100.96.0.1")}
+	ts := startTestServerWith(t, testServerOpts{secret: secret, dns: first})
+	cert := ts.srv.cfg.TLS.Certificates[0]
+	var dev *dnsDevice
+	var initial []netip.Addr
+	tc, err := startTestClient(t, ts, func(c *ClientConfig) {
+		newDev := c.NewDevice
+		c.NewDevice = func(dc DeviceConfig) (datagram.Device, error) {
+			d, err := newDev(dc)
+			initial, dev = dc.DNS, &dnsDevice{Device: d}
+			return dev, err
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(initial, first) {
+		t.Fatalf("DeviceConfig.DNS = %v", initial)
+	}
+	for i, dns := range [][]netip.Addr{first, second} {
+		ts.stop()
+		ts = startTestServerWith(t, testServerOpts{addr: ts.addr, cert: cert, secret: secret, dns: dns})
+		waitForCond(t, "the client to reconnect", 20*time.Second, func() bool { return tc.client.reconnects.Load() == uint64(i+1) })
+	}
+	waitForCond(t, "the DNS update", 5*time.Second, func() bool { return len(dev.get()) > 0 })
+	if got := dev.get(); len(got) != 1 || !slices.Equal(got[0], second) {
+		t.Fatalf("UpdateDNS calls %v, want one with %v", got, second)
 	}
 }

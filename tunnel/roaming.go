@@ -62,8 +62,11 @@ type supervisor struct {
 	paused   bool // no route to the server: the pump has no link
 	lastRTT  time.Duration
 
-	// dns is the DNS the device was set up with; read-only after Run set it.
-	dns []netip.Addr
+	// dnsDev is the device from NewDevice if it can change the host's DNS
+	// (nil otherwise); dns is what the host uses now.
+	dnsDev DNSUpdater
+	dnsMu  sync.Mutex
+	dns    []netip.Addr // guarded by dnsMu (Run sets it before any goroutine)
 
 	// cur is the link carrying the tunnel now (nil while reconnecting),
 	// for flows; curMu/curCh signal its changes.

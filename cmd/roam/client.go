@@ -186,25 +186,59 @@ func clientDevice(f *clientFlags, dc tunnel.DeviceConfig, log *slog.Logger) (dat
 		dev.Close()
 		return nil, err
 	}
-	return &hostDevice{Device: dev, routing: rt, dns: dh}, nil
+	return &hostDevice{Device: dev, routing: rt, dns: dh, f: f, dc: dc, name: name, log: log}, nil
 }
 
 // hostDevice is a TUN device whose Close also removes its routing and
-// restores the host's DNS.
+// restores the host's DNS. It is a tunnel.DNSUpdater.
 type hostDevice struct {
 	tun.Device
 	routing *tun.Routing
-	dns     *dnspkg.Handle // nil: DNS left alone
 	once    sync.Once
 	err     error
+
+	// For DNS updates: what clientDNS needs again.
+	f    *clientFlags
+	dc   tunnel.DeviceConfig
+	name string
+	log  *slog.Logger
+
+	dnsMu  sync.Mutex
+	dns    *dnspkg.Handle // guarded by dnsMu; nil: DNS left alone
+	closed bool           // guarded by dnsMu
+}
+
+// UpdateDNS restores the host's DNS and configures servers instead (none:
+// the host's own DNS stays).
+func (d *hostDevice) UpdateDNS(servers []netip.Addr) error {
+	d.dnsMu.Lock()
+	defer d.dnsMu.Unlock()
+	if d.closed {
+		return net.ErrClosed
+	}
+	if d.dns != nil {
+		err := d.dns.Close()
+		d.dns = nil
+		if err != nil {
+			return err
+		}
+	}
+	dc := d.dc
+	dc.DNS = servers
+	h, err := clientDNS(d.f, dc, d.name, d.log)
+	d.dns = h
+	return err
 }
 
 func (d *hostDevice) Close() error {
 	d.once.Do(func() {
 		var derr error
+		d.dnsMu.Lock()
+		d.closed = true
 		if d.dns != nil {
 			derr = d.dns.Close()
 		}
+		d.dnsMu.Unlock()
 		rerr := d.routing.Close()
 		if rerr == nil {
 			rerr = derr
