@@ -45,6 +45,15 @@ func pushDNS(f *serverFlags, pool4, pool6 *addrpool.Pool) []netip.Addr {
 // (--dns auto), through the TUN link name. It returns nil (nothing to
 // restore) with --dns off or when the server pushed none.
 func clientDNS(f *clientFlags, dc tunnel.DeviceConfig, link string, log *slog.Logger) (*dns.Handle, error) {
+	// Only unicast servers the tunnel can carry: a loopback, link-local or
+	// multicast address from the server would never go through it.
+	dc.DNS = slices.DeleteFunc(slices.Clone(dc.DNS), func(a netip.Addr) bool {
+		if !a.IsGlobalUnicast() {
+			log.Warn("ignoring a pushed DNS server that is not a unicast address the tunnel carries", "dns", a)
+			return true
+		}
+		return false
+	})
 	if f.dns == "off" || len(dc.DNS) == 0 {
 		if len(dc.DNS) > 0 {
 			log.Info("not configuring the DNS servers the server pushes (--dns off)", "dns", dc.DNS)
