@@ -50,8 +50,9 @@ func NewReader(r io.Reader) *Reader {
 // buffering it:
 //   - ADDRESS_ASSIGN, ADDRESS_REQUEST, ROUTE_ADVERTISEMENT: Next returns a
 //     [*TooLargeError] (the caller aborts the stream);
-//   - DATAGRAM and unknown types: the value is read and discarded, counted
-//     by [Reader.Discarded], and Next continues with the next capsule. For
+//   - DATAGRAM, DNS_ASSIGN (advisory) and unknown types: the value is read
+//     and discarded, counted by [Reader.Discarded], and Next continues
+//     with the next capsule. For
 //     DATAGRAM this is what RFC 9297 §3.5 recommends for datagrams too
 //     large to be usable.
 //

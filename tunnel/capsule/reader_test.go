@@ -271,3 +271,15 @@ func TestReaderBuffered(t *testing.T) {
 	}
 	pw.Close()
 }
+
+// An oversized DNS_ASSIGN is skipped like an unknown capsule, not refused:
+// the DNS configuration is advisory.
+func TestReaderOversizedDNSAssign(t *testing.T) {
+	in := append(AppendCapsule(nil, TypeDNSAssign, make([]byte, 200)), AppendCapsule(nil, TypeRouteAdvertisement, nil)...)
+	r := NewReader(bytes.NewReader(in))
+	r.MaxCapsuleLen = 100
+	ty, _, err := r.Next()
+	if err != nil || ty != TypeRouteAdvertisement || r.Discarded() != 1 {
+		t.Fatalf("Next = %v, %v; discarded %d", ty, err, r.Discarded())
+	}
+}
