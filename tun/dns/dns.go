@@ -146,6 +146,7 @@ func Configure(cfg Config) (*Handle, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("component", "dns")
+	cfg.Logger = log
 	h := &Handle{log: log}
 
 	useResolved := cfg.Backend == Resolved

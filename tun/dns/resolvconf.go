@@ -112,6 +112,13 @@ func (r *resolvConf) install(content []byte) error {
 		if err != nil {
 			return fmt.Errorf("dns: %w", err)
 		}
+		if bytes.HasPrefix(old, []byte(Header)) {
+			// Roam's file without its backup (deleted by hand?): what was
+			// there before is lost, and a stale Roam file must not come
+			// back on Close, so Close removes the file.
+			r.log.Warn("the resolver file is a leftover of Roam without a backup; it will be removed on exit", "file", r.path)
+			old = []byte(noFile)
+		}
 		if err := writeFileSync(r.backup, old, fi.Mode().Perm()); err != nil {
 			os.Remove(r.backup)
 			return fmt.Errorf("dns: writing backup %s: %w", r.backup, err)

@@ -412,3 +412,19 @@ func needRoot(t *testing.T) {
 	}
 	t.Skip("needs root")
 }
+
+// Roam's own file without a backup is not saved as "the previous file":
+// Close removes it instead of bringing the stale servers back.
+func TestResolvConfLeftoverWithoutBackup(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "resolv.conf")
+	os.WriteFile(p, []byte(Header+"\nnameserver 100.96.0.1\n"), 0o644)
+	h, err := Configure(fileCfg(t, p, "100.96.0.2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mustNotExist(t, p)
+	mustNotExist(t, p+BackupSuffix)
+}

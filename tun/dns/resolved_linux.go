@@ -2,6 +2,7 @@ package dns
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -126,7 +127,14 @@ func configureResolved(ifindex int, cfg *Config) (*resolvedLink, error) {
 		{"SetLinkDefaultRoute", []any{int32(ifindex), true}},
 	}
 	for _, s := range steps {
-		if err := obj.Call(resolvedMgr+s.method, 0, s.args...).Err; err != nil {
+		err := obj.Call(resolvedMgr+s.method, 0, s.args...).Err
+		if err != nil && s.method == "SetLinkDefaultRoute" && dbusErrName(err) == "org.freedesktop.DBus.Error.UnknownMethod" {
+			// systemd < 240 has no default-route flag; "~." alone routes
+			// every query to the link there.
+			cfg.Logger.Debug("systemd-resolved has no SetLinkDefaultRoute", "err", err)
+			continue
+		}
+		if err != nil {
 			l.revert()
 			return nil, fmt.Errorf("dns: systemd-resolved %s on link %d: %w", s.method, ifindex, err)
 		}
@@ -139,11 +147,24 @@ func configureResolved(ifindex int, cfg *Config) (*resolvedLink, error) {
 func (l *resolvedLink) revert() error {
 	defer l.conn.Close()
 	err := l.conn.Object(resolvedName, resolvedPath).Call(resolvedMgr+"RevertLink", 0, int32(l.ifindex)).Err
-	if err != nil && strings.Contains(err.Error(), "NoSuchLink") {
+	if dbusErrName(err) == resolvedName+".NoSuchLink" {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("dns: systemd-resolved RevertLink on link %d: %w", l.ifindex, err)
 	}
 	return nil
+}
+
+// dbusErrName returns the D-Bus error name of err, or "".
+func dbusErrName(err error) string {
+	var e dbus.Error
+	if errors.As(err, &e) {
+		return e.Name
+	}
+	var pe *dbus.Error
+	if errors.As(err, &pe) {
+		return pe.Name
+	}
+	return ""
 }
