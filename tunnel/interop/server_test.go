@@ -46,7 +46,7 @@ type roamServer struct {
 	proc *proc
 }
 
-func startRoamServer(t *testing.T) *roamServer {
+func startRoamServer(t *testing.T, extra ...string) *roamServer {
 	t.Helper()
 	bin := roamBinary(t)
 	dir := t.TempDir()
@@ -58,8 +58,8 @@ func startRoamServer(t *testing.T) *roamServer {
 	// somebody else grabbed it in between.
 	for attempt := 1; ; attempt++ {
 		addr := fmt.Sprintf("127.0.0.1:%d", freeUDPPort(t))
-		p := startProc(t, "roam server", bin, "server", "--listen", addr, "--state-dir", dir,
-			"--tokens", tokens, "--nat", "userspace", "--log-level", "debug")
+		p := startProc(t, "roam server", append([]string{bin, "server", "--listen", addr, "--state-dir", dir,
+			"--tokens", tokens, "--nat", "userspace", "--log-level", "debug"}, extra...)...)
 		deadline := time.Now().Add(startTimeout)
 		for !strings.Contains(p.stdout.String(), "roam client --server") {
 			if p.exited() {
