@@ -276,7 +276,12 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 func awaitConfig(ctx context.Context, str *http3.RequestStream, rd *capsule.Reader, want []netip.Prefix) (assign *capsule.AddressAssign, routes *capsule.RouteAdvertisement, dns *capsule.DNSAssign, err error) {
 	stop := context.AfterFunc(ctx, func() { str.CancelRead(errCodeRequestCancelled) })
 	defer stop()
-	for assign == nil || routes == nil || rd.Buffered() > 0 {
+	// extra bounds the capsules taken after the configuration is complete,
+	// so a peer streaming capsules cannot hold the setup here.
+	for extra := 0; assign == nil || routes == nil || (rd.Buffered() > 0 && extra < 16); {
+		if assign != nil && routes != nil {
+			extra++
+		}
 		t, v, err := rd.Next()
 		if err != nil {
 			if ctx.Err() != nil {
