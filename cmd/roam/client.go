@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 )
 
 type clientFlags struct {
+	config    string
 	server    string
 	token     string
 	tokenFile string
@@ -32,9 +34,12 @@ type clientFlags struct {
 	mode      string
 }
 
-func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, error) {
+// newClientFlags returns the client's flags with their defaults and the
+// FlagSet that sets them.
+func newClientFlags() (*clientFlags, *flag.FlagSet) {
 	f := &clientFlags{}
 	fs := flag.NewFlagSet("client", flag.ContinueOnError)
+	fs.StringVar(&f.config, "config", "", "read settings from the TOML `FILE`'s [client] table (docs/config.md); flags override it")
 	fs.StringVar(&f.server, "server", "", "server `HOST:PORT` (required)")
 	fs.StringVar(&f.token, "token", "", "bearer `TOKEN` (or --token-file, or $ROAM_TOKEN)")
 	fs.StringVar(&f.tokenFile, "token-file", "", "read the token from `FILE` (first line)")
@@ -46,20 +51,48 @@ func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, erro
 	fs.StringVar(&f.mode, "mode", "packet", "`MODE`: packet (every IP packet as a datagram) or flow (each TCP connection as its own QUIC stream, the rest as datagrams)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
 	fs.StringVar(&f.debug, "debug", "", "serve pprof and counters on this loopback `HOST:PORT` (off by default)")
+	return f, fs
+}
+
+// parseClientFlags parses the command line and the --config file. Every
+// problem is reported, one a line, as a usage error.
+func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, error) {
+	f, fs := newClientFlags()
 	help, err := parseFlags(fs, args, stdout)
 	if help || err != nil {
 		return nil, help, err
 	}
-	if f.server == "" {
-		return nil, false, usagef("client: flag --server is required: expected HOST:PORT like vpn.example.com:4433")
+	var cfg *configFile
+	if f.config != "" {
+		cfg = loadConfig(f.config)
 	}
-	if _, port, err := net.SplitHostPort(f.server); err != nil || port == "" {
-		return nil, false, usagef("client: invalid value %q for flag --server: expected HOST:PORT like vpn.example.com:4433", f.server)
+	if errs := f.load(fs, cfg); len(errs) > 0 {
+		return nil, false, usageErrors("client", errs)
+	}
+	return f, false, nil
+}
+
+// load applies cfg's [client] table (nil cfg: none) to the flags fs parsed
+// and checks the result; `roam validate` calls it too.
+func (f *clientFlags) load(fs *flag.FlagSet, cfg *configFile) []error {
+	_, errs := loadFlags(fs, cfg, nil, f.check)
+	return errs
+}
+
+// check checks the parsed values and fills in the token (from
+// --token-file or $ROAM_TOKEN); it touches nothing but reads --token-file.
+func (f *clientFlags) check() []*flagError {
+	errs := commonChecks(f.logLevel, f.debug)
+	if f.server == "" {
+		errs = append(errs, badFlags([]string{"server"}, "flag --server is required: expected HOST:PORT like vpn.example.com:4433",
+			"required: expected HOST:PORT like vpn.example.com:4433"))
+	} else if _, port, err := net.SplitHostPort(f.server); err != nil || port == "" {
+		errs = append(errs, badValue("server", f.server, "expected HOST:PORT like vpn.example.com:4433"))
 	}
 	if f.token == "" && f.tokenFile != "" {
 		b, err := os.ReadFile(f.tokenFile)
 		if err != nil {
-			return nil, false, usagef("client: flag --token-file: %v", err)
+			errs = append(errs, badValue("token-file", f.tokenFile, "%v", errors.Unwrap(err)))
 		}
 		f.token, _, _ = strings.Cut(strings.TrimSpace(string(b)), "\n")
 		f.token = strings.TrimSpace(f.token)
@@ -68,26 +101,27 @@ func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, erro
 		f.token = os.Getenv("ROAM_TOKEN")
 	}
 	if f.token == "" {
-		return nil, false, usagef("client: flag --token is required (or --token-file, or $ROAM_TOKEN)")
+		errs = append(errs, badFlags([]string{"token", "token-file"}, "flag --token is required (or --token-file, or $ROAM_TOKEN)",
+			"token or token_file is required (or $ROAM_TOKEN)"))
 	}
 	if f.pin != "" {
 		if _, err := auth.ParsePin(strings.TrimSpace(f.pin)); err != nil {
-			return nil, false, usagef("client: invalid value %q for flag --pin: %v", f.pin, err)
+			errs = append(errs, badValue("pin", f.pin, "%v", err))
 		}
 	}
 	if f.tunName == "" || len(f.tunName) > 15 {
-		return nil, false, usagef("client: invalid value %q for flag --tun: expected an interface name of 1-15 characters", f.tunName)
+		errs = append(errs, badValue("tun", f.tunName, "expected an interface name of 1-15 characters"))
 	}
 	if f.mode != "packet" && f.mode != "flow" {
-		return nil, false, usagef("client: invalid value %q for flag --mode: expected packet or flow", f.mode)
+		errs = append(errs, badValue("mode", f.mode, "expected packet or flow"))
 	}
 	if f.mark == 0 || f.mark > 0xffffffff {
-		return nil, false, usagef("client: invalid value %d for flag --mark: expected 1..4294967295", f.mark)
+		errs = append(errs, badValue("mark", fmt.Sprint(f.mark), "expected 1..4294967295"))
 	}
 	if f.table <= 0 || f.table == 253 || f.table == 254 || f.table == 255 {
-		return nil, false, usagef("client: invalid value %d for flag --table: expected a free routing table number (not 253-255)", f.table)
+		errs = append(errs, badValue("table", fmt.Sprint(f.table), "expected a free routing table number (not 253-255)"))
 	}
-	return f, false, nil
+	return errs
 }
 
 func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/roamvpn/roam/auth"
@@ -78,7 +79,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case err == nil:
 		return 0
 	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "roam %s\n", ue.msg)
+		for _, line := range strings.Split(ue.msg, "\n") { // a config file's problems, one a line
+			fmt.Fprintf(stderr, "roam %s\n", line)
+		}
 		return 2
 	default:
 		fmt.Fprintf(stderr, "roam: %v\n", err)
