@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -325,5 +326,62 @@ func (s *supervisor) openFlow(ctx context.Context, src, dst netip.AddrPort) (flo
 		}
 		return nil, &flow.Error{Kind: kind, Dst: dst.String(), Err: fmt.Errorf("server answered %s", resp.Status)}
 	}
-	return &flowStream{s: str}, nil
+	return newCountedFlow(&flowStream{s: str}, &s.c.flowsOpen), nil
+}
+
+// countedFlow counts a client flow in open from its start until it is
+// done: aborted, or its read side has ended (EOF or error) and its write
+// side too (CloseWrite, or a failed Write).
+type countedFlow struct {
+	flow.Stream
+	open *atomic.Int64
+
+	mu                  sync.Mutex
+	readDone, writeDone bool // guarded by mu
+	done                bool // guarded by mu: open was decremented
+}
+
+func newCountedFlow(s flow.Stream, open *atomic.Int64) *countedFlow {
+	open.Add(1)
+	return &countedFlow{Stream: s, open: open}
+}
+
+// mark records that one side ended (or both) and uncounts the flow once
+// both have.
+func (f *countedFlow) mark(read, write bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.readDone = f.readDone || read
+	f.writeDone = f.writeDone || write
+	if f.readDone && f.writeDone && !f.done {
+		f.done = true
+		f.open.Add(-1)
+	}
+}
+
+func (f *countedFlow) Read(p []byte) (int, error) {
+	n, err := f.Stream.Read(p)
+	if err != nil {
+		f.mark(true, false)
+	}
+	return n, err
+}
+
+func (f *countedFlow) Write(p []byte) (int, error) {
+	n, err := f.Stream.Write(p)
+	if err != nil {
+		f.mark(false, true)
+	}
+	return n, err
+}
+
+func (f *countedFlow) CloseWrite() error {
+	err := f.Stream.CloseWrite()
+	f.mark(false, true)
+	return err
+}
+
+func (f *countedFlow) Abort() {
+	f.Stream.Abort()
+	f.mark(true, true)
 }
