@@ -133,6 +133,7 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	defer ignoreSIGHUP(log)()
 	cfg := tunnel.ClientConfig{
 		Server: f.server,
 		Token:  f.token,

@@ -53,6 +53,7 @@ type serverFlags struct {
 	// each flag's value came from.
 	users map[string]auth.UserPolicy
 	src   *fileSource
+	fs    *flag.FlagSet // the flags above
 }
 
 // webAssets is the browser client embedded in the binary (index.html,
@@ -109,6 +110,7 @@ func newServerFlags() (*serverFlags, *flag.FlagSet) {
 	fs.BoolVar(&f.web, "web", true, "serve the browser client: WebTransport sessions, and the page over HTTP/3 and over TCP on the same port number (--web=false: none of it)")
 	fs.Var(&f.webOrigins, "web-origin", "`ORIGIN` (scheme://host[:port]) whose pages may also open browser sessions, besides the server's own page (repeatable)")
 	fs.StringVar(&f.webDir, "web-dir", "", "serve the browser client's files from `DIR` instead of the embedded ones (development)")
+	f.fs = fs
 	return f, fs
 }
 
@@ -196,16 +198,30 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 
 	// Tokens: the default file is created with one fresh token.
-	tokensFile, printToken := f.tokens, "<a token from "+f.tokens+">"
-	if tokensFile == "" {
-		tokensFile = filepath.Join(f.stateDir, "tokens")
+	tokensFile, printToken := f.tokensFile(), "<a token from "+f.tokens+">"
+	if f.tokens == "" {
 		first, err := ensureTokensFile(tokensFile, log)
 		if err != nil {
 			return err
 		}
-		printToken = first
+		if first != "" {
+			printToken = first
+		} else {
+			printToken = "<a token from roam token issue>"
+		}
 	}
-	tokens, err := auth.LoadTokens(tokensFile)
+	// Signed tokens: the default public key file is created with the
+	// signing key (roam token issue uses it).
+	if len(f.tokenKeys.vals) == 0 {
+		_, created, err := auth.LoadOrCreateSigningKey(f.stateDir)
+		if err != nil {
+			return err
+		}
+		if created {
+			log.Info("created a token signing key", "file", filepath.Join(f.stateDir, auth.SigningKeyFileName))
+		}
+	}
+	authn, authSum, err := buildAuth(f)
 	if err != nil {
 		return err
 	}
@@ -278,7 +294,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	srv, err := tunnel.NewServer(tunnel.ServerConfig{
 		TLS:    &tls.Config{Certificates: []tls.Certificate{cert}},
-		Tokens: tokens,
+		Auth:   authn,
 		Pool4:  pool4,
 		Pool6:  pool6,
 		Routes: f.routes.vals,
@@ -300,6 +316,9 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	handleSIGHUP(ctx, &reloader{args: args, running: f, srv: srv, log: log})
 	go func() {
 		<-srv.Ready()
 		port := pc.LocalAddr().(*net.UDPAddr).Port
@@ -308,7 +327,8 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			host = publicHost(f.listen)
 		}
 		log.Info("roam server ready", "listen", pc.LocalAddr(), "nat", f.nat, "pool4", f.pool4.val, "pool6", f.pool6.val,
-			"pin", pin, "tokens", tokensFile, "web", webState(f, assets, srv))
+			"pin", pin, "tokens_file", tokensFile, "tokens", authSum.tokens, "token_keys", authSum.keys,
+			"revocations", authSum.revoked, "users", authSum.users, "config", f.config, "web", webState(f, assets, srv))
 		line := fmt.Sprintf("roam client --server %s --token %s --pin %s",
 			net.JoinHostPort(host, fmt.Sprint(port)), printToken, pin)
 		fmt.Fprintf(stdout, "Connect a client with:\n  %s\n", line)
