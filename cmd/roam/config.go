@@ -50,7 +50,10 @@ func (e *configError) Error() string {
 		fmt.Fprintf(&b, ":%d", e.line)
 	}
 	b.WriteString(": ")
-	if e.key != "" {
+	switch {
+	case strings.Contains(e.key, `"`): // a quoted part, like users."bad name"
+		fmt.Fprintf(&b, "key '%s': ", e.key)
+	case e.key != "":
 		fmt.Fprintf(&b, "key %q: ", e.key)
 	}
 	b.WriteString(e.msg)

@@ -4,6 +4,7 @@
 //	roam server [flags]   run a server (prints a ready-to-paste client line)
 //	roam client [flags]   connect this host to a server
 //	roam token            print a new random token for a tokens file
+//	roam validate FILE    check a config file
 //	roam version          print the version
 //
 // The mains are thin: they parse flags, build a config and call the
@@ -40,6 +41,7 @@ commands:
   server    run a Roam server (roam server -h for flags)
   client    connect to a Roam server (roam client -h for flags)
   token     print a new random token
+  validate  check a config file without starting anything (roam validate FILE)
   version   print the version
 `
 
@@ -62,6 +64,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runServer(ctx, args[1:], stdout, stderr)
 	case "client":
 		err = runClient(ctx, args[1:], stdout, stderr)
+	case "validate":
+		err = runValidate(args[1:], stdout, stderr)
 	case "token":
 		var tok string
 		if tok, err = auth.GenerateToken(); err == nil {
@@ -72,12 +76,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, topUsage)
 	default:
-		err = usagef("unknown command %q (want server, client, token or version)", args[0])
+		err = usagef("unknown command %q (want server, client, token, validate or version)", args[0])
 	}
 	var ue *usageError
 	switch {
 	case err == nil:
 		return 0
+	case errors.Is(err, errValidate):
+		return 1 // the problems are printed
 	case errors.As(err, &ue):
 		for _, line := range strings.Split(ue.msg, "\n") { // a config file's problems, one a line
 			fmt.Fprintf(stderr, "roam %s\n", line)
