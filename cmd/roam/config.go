@@ -118,31 +118,49 @@ func (c *configFile) table(name string) *tomlTable {
 // TOML gives a configFile with only errs set; a syntactically good file
 // with bad top-level entries gives errs and whatever tables are good.
 func loadConfig(path string) *configFile {
-	c := &configFile{path: path, root: newTable(0), tables: map[string]*tomlTable{}}
 	b, err := os.ReadFile(path)
 	if err != nil {
+		c := &configFile{path: path, root: newTable(0), tables: map[string]*tomlTable{}}
 		c.errs = append(c.errs, &configError{file: path, msg: fmt.Sprintf("cannot read the config file: %v", errors.Unwrap(err))})
 		return c
 	}
+	return parseConfig(path, b)
+}
+
+// parseConfig parses the config file text b; path names it in errors.
+func parseConfig(path string, b []byte) *configFile {
+	c := &configFile{path: path, root: newTable(0), tables: map[string]*tomlTable{}}
+	pathAt := c.parse(b)
 	// go-toml's decoder checks the whole TOML grammar, including keys and
 	// tables defined twice, which its low-level parser does not.
 	var anyv map[string]any
 	if err := toml.Unmarshal(b, &anyv); err != nil {
-		ce := &configError{file: path, msg: "not a TOML file: " + strings.TrimPrefix(err.Error(), "toml: ")}
+		ce := &configError{file: path, msg: "not valid TOML: " + strings.TrimPrefix(err.Error(), "toml: ")}
 		var de *toml.DecodeError
 		if errors.As(err, &de) {
 			ce.line, _ = de.Position()
+			ce.key = pathAt[ce.line] // the decoder's key is relative to its table
+			if strings.Contains(ce.msg, "already") {
+				ce.msg += " (TOML allows each key and table once)"
+			}
 		}
-		c.errs = append(c.errs, ce)
+		c.root, c.errs = newTable(0), []error{ce}
 		return c
 	}
-	c.parse(b)
 	c.checkTop()
 	return c
 }
 
-// parse builds c.root from the syntax tree, keeping the lines.
-func (c *configFile) parse(b []byte) {
+// parse builds c.root from the syntax tree, keeping the lines. It returns
+// the full key of the first table header or key on each line.
+func (c *configFile) parse(b []byte) map[int]string {
+	pathAt := map[int]string{}
+	at := func(line int, parts ...[]string) {
+		if _, ok := pathAt[line]; !ok {
+			pathAt[line] = joinKey(slices.Concat(parts...))
+		}
+	}
+	var curPath []string
 	p := &unstable.Parser{}
 	p.Reset(b)
 	cur := c.root
@@ -151,6 +169,8 @@ func (c *configFile) parse(b []byte) {
 		switch e.Kind {
 		case unstable.Table, unstable.ArrayTable:
 			parts, line := keyParts(p, e.Key())
+			at(line, parts)
+			curPath = parts
 			if e.Kind == unstable.ArrayTable {
 				c.errs = append(c.errs, &configError{file: c.path, line: line, key: joinKey(parts),
 					msg: "arrays of tables ([[...]]) are not used in a Roam config: expected a [table]"})
@@ -159,19 +179,19 @@ func (c *configFile) parse(b []byte) {
 			}
 			cur = c.walk(c.root, parts, line)
 		case unstable.KeyValue:
+			parts, line := keyParts(p, e.Key())
+			at(line, curPath, parts)
 			if cur == nil {
 				continue // inside a rejected [[table]]
 			}
-			parts, line := keyParts(p, e.Key())
 			t := c.walk(cur, parts[:len(parts)-1], line)
 			if t != nil {
 				t.set(parts[len(parts)-1], c.value(p, e.Value(), line))
 			}
 		}
 	}
-	if err := p.Error(); err != nil { // toml.Unmarshal accepted it: not expected
-		c.errs = append(c.errs, &configError{file: c.path, msg: "not a TOML file: " + err.Error()})
-	}
+	// A syntax error stops p; toml.Unmarshal reports it with its line.
+	return pathAt
 }
 
 // walk descends from t through parts, creating tables as needed.
@@ -248,7 +268,8 @@ func (c *configFile) value(p *unstable.Parser, n *unstable.Node, line int) *toml
 		}
 		v.v = t
 	default: // dates and times
-		v.kind = "a " + strings.ToLower(n.Kind.String())
+		v.kind = map[unstable.Kind]string{unstable.LocalDate: "a local date", unstable.LocalTime: "a local time",
+			unstable.LocalDateTime: "a local date-time", unstable.DateTime: "a date-time"}[n.Kind]
 	}
 	return v
 }
@@ -261,7 +282,7 @@ func (c *configFile) checkTop() {
 		case "version":
 			if i, ok := v.v.(int64); !ok || i != configVersion {
 				c.errs = append(c.errs, &configError{file: c.path, line: v.line, key: k,
-					msg: fmt.Sprintf("unsupported version %s: expected version = %d", describe(v), configVersion)})
+					msg: fmt.Sprintf("unsupported version: got %s, expected version = %d", describe(v), configVersion)})
 			}
 		case "server", "client":
 			if t, ok := v.v.(*tomlTable); ok {
