@@ -121,11 +121,14 @@ func (r *reloader) reload() error {
 	if err := r.srv.Reload(tunnel.ReloadConfig{Auth: a, Routes: f.routes.vals}); err != nil {
 		return err
 	}
-	r.log.Info("configuration reloaded", "config", f.config, "tokens_file", f.tokensFile(), "tokens", sum.tokens,
-		"token_keys", sum.keys, "revocations", sum.revoked, "users", sum.users, "routes", routesOrDefault(f.routes.vals))
+	level, msg := slog.LevelInfo, "configuration reloaded"
+	attrs := []any{"config", f.config, "tokens_file", f.tokensFile(), "tokens", sum.tokens,
+		"token_keys", sum.keys, "revocations", sum.revoked, "users", sum.users, "routes", routesOrDefault(f.routes.vals)}
 	if len(restart) > 0 {
-		r.log.Warn("changed settings need a restart to take effect; still running with the old values", "keys", strings.Join(restart, ","))
+		level, msg = slog.LevelWarn, "configuration reloaded, but changed settings need a restart to take effect (still running with the old values)"
+		attrs = append(attrs, "restart_keys", strings.Join(restart, ","))
 	}
+	r.log.Log(context.Background(), level, msg, attrs...)
 	return nil
 }
 
