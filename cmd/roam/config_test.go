@@ -323,3 +323,27 @@ func FuzzConfig(f *testing.F) {
 		}
 	})
 }
+
+// TestConfigDocExample: the example file in docs/config.md and the one in
+// README.md pass roam validate.
+func TestConfigDocExample(t *testing.T) {
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte(goodToken+"\n"), 0o600)
+	for _, doc := range []string{"../../docs/config.md", "../../README.md"} {
+		b, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, rest, ok := strings.Cut(string(b), "```toml\n")
+		example, _, ok2 := strings.Cut(rest, "```")
+		if !ok || !ok2 {
+			t.Fatalf("%s: no ```toml example", doc)
+		}
+		example = strings.ReplaceAll(example, "/etc/roam/client.token", tokenFile)
+		example = strings.ReplaceAll(example, "/etc/roam/token\"", tokenFile+"\"")
+		file := writeConfig(t, example)
+		if code, stdout, stderr := runArgs(t, context.Background(), "validate", file); code != 0 || stdout != file+": ok\n" {
+			t.Errorf("%s example: exit %d, %s%s", doc, code, stdout, stderr)
+		}
+	}
+}
