@@ -433,6 +433,12 @@ func applyConfig(fs *flag.FlagSet, file, table string, t *tomlTable, onCmdLine m
 		ok := true
 		for _, s := range vals {
 			if err := fs.Set(name, s.s); err != nil {
+				switch err.Error() { // the flag package's own errors for numbers say too little
+				case "parse error":
+					err = fmt.Errorf("expected %s", numberKind(fl))
+				case "value out of range":
+					err = fmt.Errorf("out of range for %s", numberKind(fl))
+				}
 				errs = append(errs, &configError{file: file, line: s.line, key: key, msg: fmt.Sprintf("invalid value %q: %v", s.s, err)})
 				ok = false
 				break
@@ -501,6 +507,21 @@ func flagValues(fl *flag.Flag, v *tomlValue) ([]lineString, string) {
 		return one(s)
 	}
 	return nil, fmt.Sprintf("expected a string like %q, got %s", exampleOf(fl), describe(v))
+}
+
+// numberKind names the kind of number a numeric flag takes.
+func numberKind(fl *flag.Flag) string {
+	if g, ok := fl.Value.(flag.Getter); ok {
+		switch g.Get().(type) {
+		case uint, uint64:
+			return "a non-negative integer"
+		case int, int64:
+			return "an integer"
+		case time.Duration:
+			return `a duration like "30s" or "1h"`
+		}
+	}
+	return "a number"
 }
 
 // exampleOf is the placeholder of a flag's usage (HOST:PORT, CIDR, ...).
