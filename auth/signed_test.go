@@ -568,7 +568,7 @@ func FuzzParseSignedToken(f *testing.F) {
 			if string(q) != string(r.payload[:r.n]) {
 				t.Fatalf("payload % x re-encodes to % x", r.payload[:r.n], q)
 			}
-			c2, err := decodePayload(q)
+			c2, err := decodePayload(q, true)
 			if err != nil || !reflect.DeepEqual(c, c2) {
 				t.Fatalf("claims %+v re-decode to %+v, %v", c, c2, err)
 			}
@@ -621,7 +621,7 @@ func BenchmarkAuthenticateMixed(b *testing.B) {
 	}
 	b.Run("signed-bad-signature", func(b *testing.B) {
 		bad := []byte(signed)
-		bad[len(bad)-2] ^= 1
+		bad[strings.LastIndexByte(signed, '.')+1] ^= 1 // in R: a full verification
 		b.ReportAllocs()
 		for b.Loop() {
 			if _, err := a.Authenticate(string(bad), t0); err == nil {
