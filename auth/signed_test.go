@@ -540,10 +540,11 @@ func FuzzParseSignedToken(f *testing.F) {
 	keys := []ed25519.PublicKey{pubOf(keyA)}
 	seeds := map[string]bool{}
 	for _, c := range []Claims{
-		{User: "a", IssuedAt: t0},
-		{User: "alice@example.com", IssuedAt: t0, Expires: t0.Add(hour), Routes: []netip.Prefix{pfx("10.0.0.0/8"), pfx("::/0"), pfx("192.0.2.1/32")}, Ports: allow},
-		{User: strings.Repeat("x", 64), IssuedAt: t0, Routes: []netip.Prefix{pfx("2001:db8::1/128"), pfx("0.0.0.0/0")}},
-		{User: "p", IssuedAt: t0, Ports: []PortRange{{1, 65535}}},
+		// Fixed IDs: seeds must be the same in every fuzz worker process.
+		{User: "a", ID: "0000000000000001", IssuedAt: t0},
+		{User: "alice@example.com", ID: "0000000000000002", IssuedAt: t0, Expires: t0.Add(hour), Routes: []netip.Prefix{pfx("10.0.0.0/8"), pfx("::/0"), pfx("192.0.2.1/32")}, Ports: allow},
+		{User: strings.Repeat("x", 64), ID: "0000000000000003", IssuedAt: t0, Routes: []netip.Prefix{pfx("2001:db8::1/128"), pfx("0.0.0.0/0")}},
+		{User: "p", ID: "0000000000000004", IssuedAt: t0, Ports: []PortRange{{1, 65535}}},
 	} {
 		tok := mustIssue(f, keyA, c)
 		seeds[tok] = true
