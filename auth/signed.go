@@ -41,8 +41,8 @@ const (
 	keyIDLen       = 8 // first bytes of SHA-256 of the public key
 	jtiLen         = 8 // random token serial
 	fixedLen       = 1 + keyIDLen + jtiLen + 8 + 8
-	sigB64Len      = 86 // base64url of a 64-byte signature
-	routeTag6      = 64 // route tag: 0..32 IPv4 /tag, 64..192 IPv6 /(tag-64)
+	sigB64Len      = 86      // base64url of a 64-byte signature
+	routeTag6      = 64      // route tag: 0..32 IPv4 /tag, 64..192 IPv6 /(tag-64)
 	maxUnix        = 1 << 40 // bound on Unix times: far past any real date, exact in time.Unix
 	// maxPayloadLen is the longest payload that fits MaxTokenLen:
 	// prefix + payload + "." + signature.
