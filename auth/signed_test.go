@@ -213,6 +213,7 @@ func TestAuthenticateSigned(t *testing.T) {
 	bob := mustIssue(t, keyA, Claims{User: "bob", IssuedAt: t0})
 	dave := mustIssue(t, keyA, Claims{User: "dave", IssuedAt: t0, Routes: []netip.Prefix{pfx("10.0.0.0/8")}})
 	erin := mustIssue(t, keyA, Claims{User: "erin", IssuedAt: t0, Ports: allow})
+	frank := mustIssue(t, keyA, Claims{User: "frank", IssuedAt: t0})
 	plainToks, err := ParseTokens(strings.NewReader(tokA+"\n"+tokB+"\n"), "T")
 	if err != nil {
 		t.Fatal(err)
@@ -230,6 +231,7 @@ func TestAuthenticateSigned(t *testing.T) {
 			"carol": {Disabled: true},
 			"dave":  {Routes: []netip.Prefix{pfx("192.168.0.0/16")}},
 			"erin":  {Ports: []PortRange{{22, 22}}},
+			"frank": {Routes: []netip.Prefix{pfx("10.9.0.0/16")}, Ports: []PortRange{{22, 22}, {80, 80}}},
 		},
 	})
 	tests := []struct {
@@ -257,6 +259,8 @@ func TestAuthenticateSigned(t *testing.T) {
 		{name: "revoked user", tok: bob, now: t0, reason: "user bob is revoked"},
 		{name: "policy leaves no routes", tok: dave, now: t0, reason: "leaves the token no routes"},
 		{name: "policy leaves no ports", tok: erin, now: t0, reason: "leaves the token no ports"},
+		{name: "unrestricted token, policy applies", tok: frank, now: t0,
+			want: &Identity{Owner: TokenID(frank), User: "frank", Routes: []netip.Prefix{pfx("10.9.0.0/16")}, Ports: []PortRange{{22, 22}, {80, 80}}}},
 		{name: "plain token", tok: tokA, now: t0, want: &Identity{Owner: TokenID(tokA)}},
 		{name: "plain token revoked", tok: tokB, now: t0, reason: "token " + TokenID(tokB) + " is revoked"},
 		{name: "plain unknown", tok: tokC, now: t0, reason: "unknown token"},
@@ -654,5 +658,20 @@ func BenchmarkAuthenticatePlain(b *testing.B) {
 		if _, err := a.Authenticate(tokB, t0); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestAuthenticateAllocs: plain tokens allocate nothing; a signed token
+// allocates only what its Identity holds (Owner, User, Routes, Ports) and
+// what crypto/ed25519 does inside.
+func TestAuthenticateAllocs(t *testing.T) {
+	plain, _ := ParseTokens(strings.NewReader(tokA+"\n"+tokB+"\n"), "T")
+	signed := mustIssue(t, keyA, Claims{User: "alice", IssuedAt: t0, Routes: []netip.Prefix{pfx("10.0.0.0/8")}, Ports: allow})
+	a := NewAuthenticator(AuthenticatorConfig{Tokens: plain, PublicKeys: []ed25519.PublicKey{pubOf(keyA)}, Revoked: &Revocations{}})
+	if n := testing.AllocsPerRun(20, func() { a.Authenticate(tokB, t0) }); n != 0 {
+		t.Errorf("plain: %v allocations, want 0", n)
+	}
+	if n := testing.AllocsPerRun(20, func() { a.Authenticate(signed, t0) }); n > 6 {
+		t.Errorf("signed: %v allocations, want at most 6", n)
 	}
 }
