@@ -178,11 +178,15 @@ func TestTokenInspect(t *testing.T) {
 		t.Fatal("issue failed")
 	}
 	tok := strings.TrimSpace(out)
+	claims, err := auth.ParseSignedToken(tok)
+	if err != nil || claims.Expires.Sub(claims.IssuedAt) != time.Hour {
+		t.Fatalf("claims %+v, %v", claims, err)
+	}
 	code, out, errOut := runTok(t, "inspect", tok, "--state-dir", dir)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"token id   " + auth.TokenID(tok), "user       dave", "routes     192.0.2.0/24", "ports      22", "(in 1h0m0s)", "signature  ok (key in " + filepath.Join(dir, "token.pub")} {
+	for _, want := range []string{"token id   " + auth.TokenID(tok), "user       dave", "routes     192.0.2.0/24", "ports      22", "expires    " + claims.Expires.Format(time.RFC3339) + " (in ", "signature  ok (key in " + filepath.Join(dir, "token.pub")} {
 		if !strings.Contains(out, want) {
 			t.Errorf("inspect output lacks %q:\n%s", want, out)
 		}
