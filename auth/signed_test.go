@@ -626,7 +626,8 @@ func BenchmarkAuthenticateMixed(b *testing.B) {
 	}
 	b.Run("signed-bad-signature", func(b *testing.B) {
 		bad := []byte(signed)
-		bad[strings.LastIndexByte(signed, '.')+1] ^= 1 // in R: a full verification
+		i := strings.LastIndexByte(signed, '.') + 1 // in R: a full verification
+		bad[i] = map[bool]byte{true: 'A', false: 'B'}[bad[i] != 'A']
 		b.ReportAllocs()
 		for b.Loop() {
 			if _, err := a.Authenticate(string(bad), t0); err == nil {
