@@ -167,7 +167,7 @@ func (a *Authenticator) authenticateSigned(token string, now time.Time) (Identit
 	if err := r.split(token); err != nil {
 		return Identity{}, &reasonError{reason: err.Error()}
 	}
-	c, err := decodePayload(r.payload[:r.n])
+	c, err := decodePayload(r.payload[:r.n], false)
 	if err != nil {
 		return Identity{}, &reasonError{reason: err.Error()}
 	}

@@ -41,9 +41,9 @@ const (
 	keyIDLen       = 8 // first bytes of SHA-256 of the public key
 	jtiLen         = 8 // random token serial
 	fixedLen       = 1 + keyIDLen + jtiLen + 8 + 8
-	sigB64Len      = 86 // base64url of a 64-byte signature
-	routeTag6      = 64 // route tag: 0..32 IPv4 /tag, 64..192 IPv6 /(tag-64)
-	maxUnix        = 1 << 40
+	sigB64Len      = 86      // base64url of a 64-byte signature
+	routeTag6      = 64      // route tag: 0..32 IPv4 /tag, 64..192 IPv6 /(tag-64)
+	maxUnix        = 1 << 40 // bound on Unix times: far past any real date, exact in time.Unix
 	// maxPayloadLen is the longest payload that fits MaxTokenLen:
 	// prefix + payload + "." + signature.
 	maxPayloadLen = (MaxTokenLen - len(SignedTokenPrefix) - 1 - sigB64Len) * 6 / 8
@@ -283,7 +283,9 @@ func (r *rawSigned) split(tok string) error {
 // Every accepted payload is the unique encoding of its claims: versions,
 // lengths and counts must match exactly, prefixes must be masked with no
 // spare address bytes, port ranges ordered, no trailing bytes.
-func decodePayload(p []byte) (Claims, error) {
+// KeyID and ID are filled in only when ids is set (Authenticate does not
+// need them, and they cost two allocations).
+func decodePayload(p []byte, ids bool) (Claims, error) {
 	var c Claims
 	if len(p) < minPayloadLen {
 		return c, errMalformed("payload too short")
@@ -291,8 +293,10 @@ func decodePayload(p []byte) (Claims, error) {
 	if p[0] != payloadVersion {
 		return c, errMalformed("unknown payload version " + strconv.Itoa(int(p[0])))
 	}
-	c.KeyID = "key-" + hex.EncodeToString(p[1:1+keyIDLen])
-	c.ID = hex.EncodeToString(p[1+keyIDLen : 1+keyIDLen+jtiLen])
+	if ids {
+		c.KeyID = "key-" + hex.EncodeToString(p[1:1+keyIDLen])
+		c.ID = hex.EncodeToString(p[1+keyIDLen : 1+keyIDLen+jtiLen])
+	}
 	off := 1 + keyIDLen + jtiLen
 	iat := binary.BigEndian.Uint64(p[off:])
 	exp := binary.BigEndian.Uint64(p[off+8:])
@@ -392,7 +396,7 @@ func ParseSignedToken(tok string) (Claims, error) {
 	if err := r.split(tok); err != nil {
 		return Claims{}, err
 	}
-	return decodePayload(r.payload[:r.n])
+	return decodePayload(r.payload[:r.n], true)
 }
 
 // VerifySignedToken parses tok and checks its signature against keys (the
@@ -404,7 +408,7 @@ func VerifySignedToken(tok string, keys []ed25519.PublicKey) (Claims, error) {
 	if err := r.split(tok); err != nil {
 		return Claims{}, err
 	}
-	c, err := decodePayload(r.payload[:r.n])
+	c, err := decodePayload(r.payload[:r.n], true)
 	if err != nil {
 		return Claims{}, err
 	}

@@ -4,6 +4,7 @@
 //	roam server [flags]   run a server (prints a ready-to-paste client line)
 //	roam client [flags]   connect this host to a server
 //	roam token            print a new random token for a tokens file
+//	roam token issue      print a signed token (also: revoke, inspect)
 //	roam validate FILE    check a config file
 //	roam version          print the version
 //
@@ -21,8 +22,6 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-
-	"github.com/roamvpn/roam/auth"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -40,7 +39,7 @@ const topUsage = `usage: roam <command> [flags]
 commands:
   server    run a Roam server (roam server -h for flags)
   client    connect to a Roam server (roam client -h for flags)
-  token     print a new random token
+  token     print a new random token; token issue|revoke|inspect: signed tokens (roam token -h)
   validate  check a config file without starting anything (roam validate FILE)
   version   print the version
 `
@@ -67,10 +66,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "validate":
 		err = runValidate(args[1:], stdout, stderr)
 	case "token":
-		var tok string
-		if tok, err = auth.GenerateToken(); err == nil {
-			fmt.Fprintln(stdout, tok)
-		}
+		err = runToken(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "roam", version)
 	case "help", "-h", "-help", "--help":
