@@ -133,7 +133,7 @@ type Client struct {
 	reconnects atomic.Uint64
 	flowsOpen  atomic.Int64 // flows open now (flow mode); see countedFlow
 
-	status clientStatus                // for Status
+	status clientStatus               // for Status
 	sup    atomic.Pointer[supervisor] // the running tunnel's supervisor; nil outside Run
 }
 

@@ -104,4 +104,3 @@ func (s *Server) Reload(rc ReloadConfig) error {
 		"flows_kept", len(flows)-flowsEnded, "flows_ended", flowsEnded, "routes", routes)
 	return nil
 }
-

@@ -195,11 +195,11 @@ type Server struct {
 	table    atomic.Pointer[map[netip.Addr]*session] // copy-on-write; guarded by mu for writes
 	sessions map[*session]struct{}                   // live CONNECT-IP sessions; guarded by mu
 	flows    map[*liveFlow]struct{}                  // live native flows; guarded by mu
-	conns sync.Map                                // *quic.Conn -> *connState
-	wg    sync.WaitGroup                          // connection goroutines
-	ready chan struct{}                           // closed when Serve listens
-	addr  atomic.Pointer[net.Addr]                // listening address
-	ctx   atomic.Pointer[context.Context]         // Serve's context, for sessions
+	conns    sync.Map                                // *quic.Conn -> *connState
+	wg       sync.WaitGroup                          // connection goroutines
+	ready    chan struct{}                           // closed when Serve listens
+	addr     atomic.Pointer[net.Addr]                // listening address
+	ctx      atomic.Pointer[context.Context]         // Serve's context, for sessions
 }
 
 type ctxKey struct{}
@@ -263,10 +263,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{
-		cfg:    cfg,
-		log:    log.With("component", "server"),
-		keys:   keys,
-		ready:  make(chan struct{}),
+		cfg:   cfg,
+		log:   log.With("component", "server"),
+		keys:  keys,
+		ready: make(chan struct{}),
 
 		origins: origins,
 		certs:   certs,
