@@ -91,8 +91,8 @@ func waitFor(t *testing.T, out *syncBuffer, want string, n int) {
 
 // TestSIGHUPReload: a SIGHUP makes the running server re-read its config
 // file, tokens file, public keys and revocations. A token added is then
-// accepted and one removed is refused, a user disabled in the file loses
-// its session, a changed restart-only setting is logged, and the session
+// accepted and one removed is refused, a user disabled in the file and a
+// revoked signed token lose their sessions, a changed restart-only setting is logged, and the session
 // of a token still valid keeps running on its first connection. A broken
 // file is logged with its line and the old configuration keeps working.
 func TestSIGHUPReload(t *testing.T) {
@@ -146,6 +146,11 @@ func TestSIGHUPReload(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	carolTok, err := auth.IssueToken(key, auth.Claims{User: "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
 	a, err := connect(t, addr, pin, tokA)
 	if err != nil {
 		t.Fatalf("token A: %v", err)
@@ -157,9 +162,15 @@ func TestSIGHUPReload(t *testing.T) {
 	if _, err := connect(t, addr, pin, tokC); err == nil || !strings.Contains(err.Error(), "authentication failed") {
 		t.Fatalf("token C before the reload: %v, want authentication failed", err)
 	}
+	carol, err := connect(t, addr, pin, carolTok)
+	if err != nil {
+		t.Fatalf("carol's signed token: %v", err)
+	}
 
-	// Add C, remove B, disable alice, change a restart-only setting.
+	// Add C, remove B, disable alice, revoke carol's token, change a
+	// restart-only setting.
 	write(tokens, tokA+"\n"+tokC+"\n")
+	write(filepath.Join(dir, "state", "revoked"), "id "+auth.TokenID(carolTok)+" # lost laptop\n")
 	write(config, serverTable("vpn.example.com", true))
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)
 	waitFor(t, &out, "configuration reloaded", 1)
@@ -172,10 +183,13 @@ func TestSIGHUPReload(t *testing.T) {
 	if _, err := connect(t, addr, pin, tokB); err == nil || !strings.Contains(err.Error(), "authentication failed") {
 		t.Fatalf("token B after the reload: %v, want authentication failed", err)
 	}
+	if !strings.Contains(out.String(), "revocations=1 users=1") {
+		t.Errorf("the reload line does not count the revocation:\n%s", out.String())
+	}
 	deadline := time.Now().Add(10 * time.Second)
-	for alice.c.Status().State == "connected" {
+	for alice.c.Status().State == "connected" || carol.c.Status().State == "connected" {
 		if time.Now().After(deadline) {
-			t.Fatal("alice's session still connected after alice was disabled")
+			t.Fatalf("still connected after the reload: alice (disabled) %s, carol (revoked) %s", alice.c.Status().State, carol.c.Status().State)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
