@@ -236,3 +236,27 @@ func TestClientSIGHUP(t *testing.T) {
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)
 	waitFor(t, &out, "the client has nothing to reload", 1)
 }
+
+// TestServerAuthFiles: a token key or revocation file the server cannot
+// use stops it at start with the file named.
+func TestServerAuthFiles(t *testing.T) {
+	dir := t.TempDir()
+	badList := filepath.Join(dir, "revoked")
+	os.WriteFile(badList, []byte("id tok-0123456789ab\nuser bad name\n"), 0o600)
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"missing token key", []string{"--token-key", filepath.Join(dir, "missing.pub")}, filepath.Join(dir, "missing.pub")},
+		{"bad revocation list", []string{"--revocations", badList}, badList + ": line 2"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"server", "--state-dir", filepath.Join(dir, "state"), "--nat", "userspace", "--listen", "127.0.0.1:0"}, tt.args...)
+			code, _, stderr := runArgs(t, context.Background(), args...)
+			if code != 1 || !strings.Contains(stderr, tt.want) {
+				t.Fatalf("exit %d, stderr %q; want 1 naming %q", code, stderr, tt.want)
+			}
+		})
+	}
+}
