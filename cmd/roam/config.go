@@ -340,10 +340,17 @@ type boolFlag interface{ IsBoolFlag() bool }
 
 // repeatableFlag is a flag that may be given more than once; the file
 // takes a TOML array for it. A command-line value replaces the file's
-// array as a whole.
+// array as a whole. A flag is repeatable if its Value has a repeatable
+// method (prefixList, stringList) or its usage text says "(repeatable)",
+// so a new list flag gets an array key without code here.
 type repeatableFlag interface {
 	flag.Value
 	repeatable()
+}
+
+func isRepeatable(fl *flag.Flag) bool {
+	_, ok := fl.Value.(repeatableFlag)
+	return ok || strings.Contains(fl.Usage, "(repeatable")
 }
 
 // fileSource records which flags got their value from a config file.
@@ -459,7 +466,7 @@ type lineString struct {
 // flagValues turns a file value into the strings fs.Set takes for fl, or
 // says what was wrong with it.
 func flagValues(fl *flag.Flag, v *tomlValue) ([]lineString, string) {
-	if _, ok := fl.Value.(repeatableFlag); ok {
+	if isRepeatable(fl) {
 		arr, ok := v.v.([]*tomlValue)
 		if !ok {
 			return nil, fmt.Sprintf("expected an array of strings like [%q], got %s", exampleOf(fl), describe(v))

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"io"
 	"net/netip"
 	"os"
@@ -351,5 +352,30 @@ func TestConfigDocExample(t *testing.T) {
 		if code, stdout, stderr := runArgs(t, context.Background(), "validate", file); code != 0 || stdout != file+": ok\n" {
 			t.Errorf("%s example: exit %d, %s%s", doc, code, stdout, stderr)
 		}
+	}
+}
+
+// addrList is a list flag of a kind config.go does not know: its usage
+// text alone makes it take an array.
+type addrList []string
+
+func (l *addrList) String() string     { return strings.Join(*l, ",") }
+func (l *addrList) Set(s string) error { *l = append(*l, s); return nil }
+
+// TestConfigNewFlags: a flag added to a command's FlagSet has its key with
+// no code in config.go, repeatable ones with an array.
+func TestConfigNewFlags(t *testing.T) {
+	file := writeConfig(t, "[server]\ndns = [\"10.0.0.53\", \"fd00::53\"]\nmetrics = \"127.0.0.1:9090\"\nmetrics_interval = 15\n")
+	c := loadConfig(file)
+	var dns addrList
+	var metrics string
+	var interval int
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	fs.Var(&dns, "dns", "DNS server `ADDR` to push (repeatable)")
+	fs.StringVar(&metrics, "metrics", "", "metrics `ADDR`")
+	fs.IntVar(&interval, "metrics-interval", 0, "seconds")
+	_, errs := applyConfig(fs, file, "server", c.table("server"), map[string]bool{}, nil)
+	if len(errs) > 0 || strings.Join(dns, " ") != "10.0.0.53 fd00::53" || metrics != "127.0.0.1:9090" || interval != 15 {
+		t.Fatalf("dns %q, metrics %q, interval %d, errors %v", dns, metrics, interval, errs)
 	}
 }
