@@ -15,9 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/webtransport-go"
+
 	"github.com/roamvpn/roam/auth"
 	"github.com/roamvpn/roam/datagram"
 	"github.com/roamvpn/roam/tunnel/capsule"
+	"github.com/roamvpn/roam/tunnel/webproto"
 )
 
 // testAuth is an Authenticator over a fixed table of tokens, for
@@ -508,4 +511,117 @@ func TestStatus(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// TestWebIdentityAndReload: a browser session's flows follow its
+// identity's routes and ports, its WELCOME lists its routes, Status shows
+// it, and a reload that drops its token ends it with SESSION_ERROR
+// unauthorized while another browser session goes on.
+func TestWebIdentityAndReload(t *testing.T) {
+	echo := echoServer(t)
+	gw4 := netip.MustParseAddr("100.96.0.1")
+	ws := startWebServer(t, webOpts{auth: testAuth{
+		tokA: {User: "alice", Routes: []netip.Prefix{netip.PrefixFrom(gw4, 32)}, Ports: []auth.PortRange{{Lo: echo, Hi: echo}}},
+		tokB: {User: "bob"},
+	}})
+	session := func(token string) (*webtransport.Session, *webtransport.Stream, *webproto.Welcome) {
+		_, sess, err := ws.wtDial(t, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctrl := hello(t, sess, token)
+		typ, v := readMsg(t, ctrl)
+		if typ != webproto.TypeWelcome {
+			t.Fatalf("got %v %q, want WELCOME", typ, v)
+		}
+		w, err := webproto.ParseWelcome(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sess, ctrl, w
+	}
+	sessA, ctrlA, welcomeA := session(tokA)
+	if !slices.Equal(welcomeA.Routes, []string{"100.96.0.1/32"}) {
+		t.Fatalf("WELCOME routes %v", welcomeA.Routes)
+	}
+	for _, tt := range []struct {
+		authority string
+		ok        bool
+	}{
+		{netip.AddrPortFrom(gw4, echo).String(), true},
+		{netip.AddrPortFrom(gw4, echo+1).String(), false},
+		{netip.AddrPortFrom(netip.MustParseAddr("fd00:96::1"), echo).String(), false},
+	} {
+		str, typ, v := openFlow(t, sessA, tt.authority)
+		str.CancelRead(0)
+		str.CancelWrite(0)
+		if ok := typ == webproto.TypeFlowOK; ok != tt.ok || !ok && !strings.Contains(string(v), "destination_ip_prohibited") {
+			t.Errorf("flow to %s: %v %q, want ok %v", tt.authority, typ, v, tt.ok)
+		}
+	}
+	sessB, ctrlB, _ := session(tokB)
+	if st := ws.srv.Status(); len(st.Sessions) != 2 || st.Sessions[0].Kind != "webtransport" || st.Sessions[0].User != "alice" || st.Sessions[1].User != "bob" {
+		t.Fatalf("status %+v", st.Sessions)
+	}
+
+	if err := ws.srv.Reload(ReloadConfig{Auth: testAuth{tokA: {User: "alice"}}}); err != nil {
+		t.Fatal(err)
+	}
+	typ, v := readMsg(t, ctrlB)
+	if se, _ := webproto.ParseSessionError(v); typ != webproto.TypeSessionError || se == nil || se.Code != webproto.CodeUnauthorized {
+		t.Fatalf("B got %v %q, want SESSION_ERROR unauthorized", typ, v)
+	}
+	select {
+	case <-sessB.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("B's session was not closed")
+	}
+	// A goes on, now unrestricted.
+	if err := webproto.WriteMessage(ctrlA, webproto.TypePing, []byte("p")); err != nil {
+		t.Fatal(err)
+	}
+	if typ, _ := readMsg(t, ctrlA); typ != webproto.TypePong {
+		t.Fatalf("A got %v, want PONG", typ)
+	}
+	str, typ, v := openFlow(t, sessA, netip.AddrPortFrom(netip.MustParseAddr("fd00:96::1"), echo).String())
+	defer str.CancelRead(0)
+	if typ == webproto.TypeFlowError && strings.Contains(string(v), "prohibited") {
+		t.Fatalf("A's flow after the reload widened its policy: %q", v)
+	}
+	waitFor(t, "one session in Status", 5*time.Second, func() bool { return len(ws.srv.Status().Sessions) == 1 })
+}
+
+// TestCheckPacket: the per-packet policy verdicts, and that checking
+// allocates nothing.
+func TestCheckPacket(t *testing.T) {
+	id := auth.Identity{Routes: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}, Ports: []auth.PortRange{{Lo: 53, Hi: 53}, {Lo: 8000, Hi: 8100}}}
+	pol := newPolicy(id, routesFromPrefixes([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}), routesFromPrefixes(DefaultRoutes))
+	src := netip.MustParseAddr("100.96.0.2")
+	icmp := buildUDP4(src, netip.MustParseAddr("10.1.2.3"), 1, 2, nil)
+	icmp[9] = 1 // not UDP: no ports
+	for _, tt := range []struct {
+		name string
+		pkt  []byte
+		want datagram.DropReason
+	}{
+		{"allowed port", buildUDP4(src, netip.MustParseAddr("10.1.2.3"), 40000, 53, []byte("x")), datagram.NoDrop},
+		{"allowed range", buildUDP4(src, netip.MustParseAddr("10.1.2.3"), 40000, 8100, nil), datagram.NoDrop},
+		{"other port", buildUDP4(src, netip.MustParseAddr("10.1.2.3"), 40000, 8101, nil), datagram.DropReasonPolicy},
+		{"outside the identity's routes", buildUDP4(src, netip.MustParseAddr("10.2.0.1"), 40000, 53, nil), datagram.DropReasonPolicy},
+		{"outside the server's routes", buildUDP4(src, netip.MustParseAddr("192.0.2.1"), 40000, 53, nil), datagram.DropReasonDst},
+		{"not TCP or UDP", icmp, datagram.NoDrop},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var p datagram.Packet
+			if err := p.Decode(tt.pkt); err != nil {
+				t.Fatal(err)
+			}
+			if got := pol.checkPacket(&p, tt.pkt); got != tt.want {
+				t.Fatalf("verdict %v, want %v", got, tt.want)
+			}
+			if n := testing.AllocsPerRun(100, func() { pol.checkPacket(&p, tt.pkt) }); n != 0 {
+				t.Fatalf("%v allocations per check", n)
+			}
+		})
+	}
 }
