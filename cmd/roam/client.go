@@ -75,8 +75,7 @@ func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, erro
 // load applies cfg's [client] table (nil cfg: none) to the flags fs parsed
 // and checks the result; `roam validate` calls it too.
 func (f *clientFlags) load(fs *flag.FlagSet, cfg *configFile) []error {
-	_, errs := loadFlags(fs, cfg, nil, f.check)
-	return errs
+	return loadFlags(fs, cfg, nil, f.check)
 }
 
 // check checks the parsed values and fills in the token (from

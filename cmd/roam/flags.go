@@ -160,7 +160,7 @@ func cmdLineFlags(fs *flag.FlagSet) map[string]bool {
 // fs.Parse and runs check on the result. It returns every problem: the
 // file's as *configError, the command line's as *usageError. other
 // handles the table's keys that are not flags (see applyConfig).
-func loadFlags(fs *flag.FlagSet, cfg *configFile, other func(string, *tomlValue) (bool, []error), check func() []*flagError) (*fileSource, []error) {
+func loadFlags(fs *flag.FlagSet, cfg *configFile, other func(string, *tomlValue) (bool, []error), check func() []*flagError) []error {
 	cmd := fs.Name()
 	onCmdLine := cmdLineFlags(fs)
 	src := &fileSource{table: cmd, lines: map[string]int{}, cmdLine: onCmdLine}
@@ -189,7 +189,7 @@ func loadFlags(fs *flag.FlagSet, cfg *configFile, other func(string, *tomlValue)
 		errs = append(errs, src.resolve(fe))
 	}
 	sortErrors(errs)
-	return src, errs
+	return errs
 }
 
 // usageErrors joins the problems loadFlags found into one usage error, one

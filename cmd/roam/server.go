@@ -49,10 +49,8 @@ type serverFlags struct {
 	webOrigins stringList
 	webDir     string
 
-	// From the config file: [server.users.NAME] (nil: none), and where
-	// each flag's value came from.
+	// From the config file: [server.users.NAME] (nil: none).
 	users map[string]auth.UserPolicy
-	src   *fileSource
 	fs    *flag.FlagSet // the flags above
 }
 
@@ -143,9 +141,7 @@ func (f *serverFlags) load(fs *flag.FlagSet, cfg *configFile) []error {
 		f.users = users
 		return true, errs
 	}
-	src, errs := loadFlags(fs, cfg, other, f.check)
-	f.src = src
-	return errs
+	return loadFlags(fs, cfg, other, f.check)
 }
 
 // check checks the parsed values; it touches nothing but reads --web-dir.
