@@ -16,6 +16,7 @@ import (
 	"github.com/roamvpn/roam/tun"
 	"github.com/roamvpn/roam/tun/flowstack"
 	"github.com/roamvpn/roam/tunnel"
+	"github.com/roamvpn/roam/tunnel/control"
 )
 
 type clientFlags struct {
@@ -30,6 +31,9 @@ type clientFlags struct {
 	logLevel  string
 	debug     string
 	mode      string
+
+	metrics      string // --metrics: Prometheus and probes; "" = off
+	statusSocket string // --status-socket; "" = off
 }
 
 func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, error) {
@@ -46,6 +50,8 @@ func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, erro
 	fs.StringVar(&f.mode, "mode", "packet", "`MODE`: packet (every IP packet as a datagram) or flow (each TCP connection as its own QUIC stream, the rest as datagrams)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
 	fs.StringVar(&f.debug, "debug", "", "serve pprof and counters on this loopback `HOST:PORT` (off by default)")
+	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics and the /healthz, /readyz probes on `HOST:PORT` (off by default)")
+	fs.StringVar(&f.statusSocket, "status-socket", control.DefaultPath("client"), "unix socket `PATH` that roam status queries (\"\" for none)")
 	help, err := parseFlags(fs, args, stdout)
 	if help || err != nil {
 		return nil, help, err
@@ -143,6 +149,11 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	ops, err := startClientOps(f.metrics, f.statusSocket, c, log)
+	if err != nil {
+		return err
+	}
+	defer ops.close()
 	return c.Run(ctx)
 }
 

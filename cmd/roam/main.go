@@ -39,6 +39,7 @@ commands:
   server    run a Roam server (roam server -h for flags)
   client    connect to a Roam server (roam client -h for flags)
   token     print a new random token
+  status    show a running server's or client's sessions, paths and counters
   version   print the version
 `
 
@@ -66,6 +67,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if tok, err = auth.GenerateToken(); err == nil {
 			fmt.Fprintln(stdout, tok)
 		}
+	case "status":
+		err = runStatus(ctx, args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "roam", version)
 	case "help", "-h", "-help", "--help":
