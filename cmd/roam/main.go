@@ -4,6 +4,7 @@
 //	roam server [flags]   run a server (prints a ready-to-paste client line)
 //	roam client [flags]   connect this host to a server
 //	roam token            print a new random token for a tokens file
+//	roam status           show a running server's or client's sessions and counters
 //	roam version          print the version
 //
 // The mains are thin: they parse flags, build a config and call the

@@ -13,7 +13,9 @@
 //
 // The package uses only the standard library's unix sockets, so it builds
 // wherever they exist (Linux, macOS, Windows 10+); the browser client does
-// not import it.
+// not import it. Telling a stale socket file from a live one relies on
+// ECONNREFUSED (Linux, macOS); elsewhere a stale file is reported, not
+// removed.
 package control
 
 import (
