@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -69,6 +70,10 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			}
 		case errors.Is(err, fs.ErrNotExist):
 			missing = append(missing, p)
+		case errors.Is(err, fs.ErrPermission):
+			failed = append(failed, fmt.Errorf("%s: %w (run roam status as root or as the user running roam)", p, err))
+		case errors.Is(err, syscall.ECONNREFUSED):
+			failed = append(failed, fmt.Errorf("%s: %w (a stale socket: the roam that created it is not running)", p, err))
 		default:
 			failed = append(failed, fmt.Errorf("%s: %w", p, err))
 		}

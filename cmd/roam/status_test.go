@@ -121,6 +121,7 @@ func TestStatusCommand(t *testing.T) {
 	tests := []struct {
 		name           string
 		server, client bool
+		stale          bool     // a socket file no one listens on at the server path
 		args           []string // after "status"; SOCK is replaced by the server socket
 		code           int
 		stdout         string // exact, if set
@@ -132,12 +133,21 @@ func TestStatusCommand(t *testing.T) {
 		{name: "default paths, both", server: true, client: true, stdout: wantServerTable + "\n" + wantClientTable},
 		{name: "no sockets", code: 1, stderr: "no status socket at "},
 		{name: "missing --socket", args: []string{"--socket", "SOCK"}, code: 1, stderr: "server.sock (is roam running"},
+		{name: "stale socket", stale: true, args: []string{"--socket", "SOCK"}, code: 1, stderr: "stale socket"},
 		{name: "extra argument", args: []string{"sessions"}, code: 2, stderr: `unexpected argument "sessions"`},
 		{name: "bad flag", args: []string{"--nope"}, code: 2, stderr: "--nope"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			spath, _ := statusSockets(t, tt.server, tt.client)
+			if tt.stale {
+				ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: spath, Net: "unix"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ln.SetUnlinkOnClose(false)
+				ln.Close()
+			}
 			args := []string{"status"}
 			for _, a := range tt.args {
 				args = append(args, strings.ReplaceAll(a, "SOCK", spath))
