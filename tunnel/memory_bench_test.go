@@ -50,6 +50,9 @@ const (
 // instead of the default 1024, to show what the per-session queue costs
 // (16 bytes an entry, allocated with the session).
 func BenchmarkIdleSessionMemory(b *testing.B) {
+	if raceEnabled {
+		b.Skip("needs ~9000 goroutines; the race detector allows 8128")
+	}
 	for _, queue := range []int{0, 256} {
 		name := "queue=default"
 		if queue != 0 {
