@@ -17,6 +17,7 @@ import (
 	"github.com/roamvpn/roam/tun"
 	"github.com/roamvpn/roam/tun/flowstack"
 	"github.com/roamvpn/roam/tunnel"
+	"github.com/roamvpn/roam/tunnel/control"
 )
 
 type clientFlags struct {
@@ -32,6 +33,9 @@ type clientFlags struct {
 	logLevel  string
 	debug     string
 	mode      string
+
+	metrics      string // --metrics: Prometheus and probes; "" = off
+	statusSocket string // --status-socket; "" = off
 }
 
 // newClientFlags returns the client's flags with their defaults and the
@@ -51,6 +55,8 @@ func newClientFlags() (*clientFlags, *flag.FlagSet) {
 	fs.StringVar(&f.mode, "mode", "packet", "`MODE`: packet (every IP packet as a datagram) or flow (each TCP connection as its own QUIC stream, the rest as datagrams)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
 	fs.StringVar(&f.debug, "debug", "", "serve pprof and counters on this loopback `HOST:PORT` (off by default)")
+	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics and the /healthz, /readyz probes on `HOST:PORT` (off by default)")
+	fs.StringVar(&f.statusSocket, "status-socket", control.DefaultPath("client"), "unix socket `PATH` that roam status queries (\"\" for none)")
 	return f, fs
 }
 
@@ -177,6 +183,11 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	ops, err := startClientOps(f.metrics, f.statusSocket, c, log)
+	if err != nil {
+		return err
+	}
+	defer ops.close()
 	return c.Run(ctx)
 }
 

@@ -6,6 +6,7 @@
 //	roam token            print a new random token for a tokens file
 //	roam token issue      print a signed token (also: revoke, inspect)
 //	roam validate FILE    check a config file
+//	roam status           show a running server's or client's sessions and counters
 //	roam version          print the version
 //
 // The mains are thin: they parse flags, build a config and call the
@@ -41,6 +42,7 @@ commands:
   client    connect to a Roam server (roam client -h for flags)
   token     print a new random token; token issue|revoke|inspect: signed tokens (roam token -h)
   validate  check a config file without starting anything (roam validate FILE)
+  status    show a running server's or client's sessions, paths and counters
   version   print the version
 `
 
@@ -67,6 +69,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runValidate(args[1:], stdout, stderr)
 	case "token":
 		err = runToken(args[1:], stdout, stderr)
+	case "status":
+		err = runStatus(ctx, args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "roam", version)
 	case "help", "-h", "-help", "--help":

@@ -22,6 +22,7 @@ import (
 	"github.com/roamvpn/roam/tun/usernat"
 	"github.com/roamvpn/roam/tunnel"
 	"github.com/roamvpn/roam/tunnel/addrpool"
+	"github.com/roamvpn/roam/tunnel/control"
 	"github.com/roamvpn/roam/web"
 )
 
@@ -44,6 +45,9 @@ type serverFlags struct {
 	public   string
 	logLevel string
 	debug    string
+
+	metrics      string // --metrics: Prometheus and probes; "" = off
+	statusSocket string // --status-socket; "" = off
 
 	web        bool
 	webOrigins stringList
@@ -105,6 +109,8 @@ func newServerFlags() (*serverFlags, *flag.FlagSet) {
 	fs.StringVar(&f.public, "public", "", "`HOST` clients dial, for the printed client line; default: a local address")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
 	fs.StringVar(&f.debug, "debug", "", "serve pprof and counters on this loopback `HOST:PORT` (off by default)")
+	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics and the /healthz, /readyz probes on `HOST:PORT` (off by default; keep it on loopback unless scraped from elsewhere)")
+	fs.StringVar(&f.statusSocket, "status-socket", control.DefaultPath("server"), "unix socket `PATH` that roam status queries (\"\" for none)")
 	fs.BoolVar(&f.web, "web", true, "serve the browser client: WebTransport sessions, and the page over HTTP/3 and over TCP on the same port number (--web=false: none of it)")
 	fs.Var(&f.webOrigins, "web-origin", "`ORIGIN` (scheme://host[:port]) whose pages may also open browser sessions, besides the server's own page (repeatable)")
 	fs.StringVar(&f.webDir, "web-dir", "", "serve the browser client's files from `DIR` instead of the embedded ones (development)")
@@ -336,6 +342,11 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fmt.Fprintln(stdout)
 		}
 	}()
+	ops, err := startServerOps(f.metrics, f.statusSocket, srv, log)
+	if err != nil {
+		return err
+	}
+	defer ops.close()
 	err = srv.Serve(ctx, pc)
 	log.Info("roam server stopped")
 	return err
