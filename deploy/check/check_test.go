@@ -96,7 +96,7 @@ func TestManifestRules(t *testing.T) {
 		{"listen port mismatch", "configmap.yaml", `listen = "0.0.0.0:4433"`, `listen = "0.0.0.0:443"`, "not the container port quic"},
 		{"state dir not mounted", "configmap.yaml", `state_dir = "/var/lib/roam"`, `state_dir = "/var/lib/roam-state"`, "expected the mount path of a writable emptyDir"},
 		{"tokens not in secret", "configmap.yaml", `tokens = "/etc/roam/state/tokens"`, `tokens = "/etc/roam/state/tokens.txt"`, `"tokens.txt" is not a key`},
-		{"status socket on root fs", "configmap.yaml", `status_socket = "/run/roam/status.sock"`, `status_socket = "/tmp/status.sock"`, "not on a mounted volume"},
+		{"status socket on root fs", "configmap.yaml", `status_socket = "/run/roam/server.sock"`, `status_socket = "/tmp/status.sock"`, "not on a mounted volume"},
 		{"unknown config key", "configmap.yaml", `log_level = "info"`, `log_levle = "info"`, `key "server.log_levle": unknown key`},
 		{"config syntax", "configmap.yaml", `log_level = "info"`, `log_level = "info`, "data.server.toml:"},
 		{"secret projection missing", "deployment.yaml", "subPath: secret", "subPath: tokens", "secret is not projected"},

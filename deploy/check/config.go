@@ -19,7 +19,7 @@ var (
 		"token_key": "array", "revocations": "string", "pool4": "string",
 		"pool6": "string", "nat": "string", "tun": "string", "cert": "string",
 		"key": "string", "route": "array", "egress": "string", "public": "string",
-		"log_level": "string", "dns": "array", "metrics": "string",
+		"log_level": "string", "dns": "array", "dns_forward": "string", "metrics": "string",
 		"status_socket": "string", "web": "bool", "web_origin": "array",
 		"web_dir": "string", "debug": "string",
 	}

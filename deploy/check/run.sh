@@ -80,7 +80,7 @@ if grep -q 'unknown command' <<<"$vout"; then
   echo "skipped: this roam has no validate command yet"
 else
   sb="$tmp/sandbox"
-  mkdir -p "$sb/etc/roam/state" "$sb/var/lib/roam" "$sb/run/roam/server" "$sb/run/roam/client-office"
+  mkdir -p "$sb/etc/roam/state" "$sb/var/lib/roam" "$sb/run/roam"
   "$tmp/roam" token >"$sb/etc/roam/client-office.token"
   cp "$sb/etc/roam/client-office.token" "$sb/etc/roam/state/tokens"
   : >"$sb/etc/roam/state/revoked"
