@@ -84,7 +84,7 @@ else
   "$tmp/roam" token >"$sb/etc/roam/client-office.token"
   cp "$sb/etc/roam/client-office.token" "$sb/etc/roam/state/tokens"
   : >"$sb/etc/roam/state/revoked"
-  "$tmp/roam" token issue --state-dir "$sb/etc/roam/state" --user ci >/dev/null
+  out=$("$tmp/roam" token issue --state-dir "$sb/etc/roam/state" --user ci 2>&1) || fail "roam token issue:"$'\n'"$out"
   # The ConfigMap's server.toml: the block under "server.toml: |".
   awk '/^  server.toml: \|$/ {on=1; next} on && /^    / {print substr($0, 5); next} on && /^$/ {print; next} on {exit}' \
     deploy/k8s/configmap.yaml >"$tmp/k8s-server.toml"
