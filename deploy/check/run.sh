@@ -6,6 +6,8 @@
 #  2. systemd-analyze security --offline: exposure at most 3.0 (of 10);
 #  3. systemd-sysusers on the sysusers.d file, into a throwaway root;
 #  4. the polkit rule under node, against a stand-in polkit;
+#  4b. caps.sh: server (kernel NAT) and client run as nobody with only the
+#     units' capabilities and ReadWritePaths= (root; network namespaces);
 #  5. the Go module deploy/check: Kubernetes manifests decoded strictly into
 #     k8s.io/api types and checked, the Containerfile lint, the example
 #     configs (and that every rule can fail);
@@ -66,6 +68,10 @@ grep -q '^roam:x:[0-9]*:[0-9]*:[^:]*:/var/lib/roam:/usr/sbin/nologin$' "$tmp/roo
 
 echo "== deploy: polkit rule"
 node deploy/check/polkit_test.js
+
+echo "== deploy: the units' capabilities suffice (root; two network namespaces)"
+for c in ip nft ping setpriv unshare; do command -v $c >/dev/null || fail "$c is needed (iproute2, nftables, iputils-ping, util-linux)"; done
+bash deploy/check/caps.sh "$tmp/roam"
 
 echo "== deploy: manifests, container file, configs (go -C deploy/check test)"
 go -C deploy/check vet ./...
