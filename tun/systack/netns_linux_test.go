@@ -1,0 +1,440 @@
+package systack
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/roamvpn/roam/datagram"
+	"github.com/roamvpn/roam/tun"
+	"github.com/roamvpn/roam/tunnel/flow"
+	"github.com/roamvpn/roam/tunnel/flow/flowtest"
+)
+
+// The kernel tests run the Stack on a real TUN device (wireguard-go's,
+// with virtio-net headers: the kernel's TSO bursts arrive split, writes
+// are coalesced) in a network namespace the test creates; the
+// applications are the namespace's kernel TCP, and Connect dials a test
+// server on the host's loopback.
+
+var (
+	remote4 = netip.MustParseAddr("192.0.2.80")
+	remote6 = netip.MustParseAddr("2001:db8::80")
+	local4  = netip.MustParseAddr("10.9.0.2")
+	local6  = netip.MustParseAddr("fd09::2")
+)
+
+const (
+	testMTU = 1500
+	tunName = "roamsys0"
+)
+
+// needRoot skips the test when not root, or fails it when CI=true.
+func needRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		tb.Fatal("needs root (TUN device, network namespace), and CI=true")
+	}
+	tb.Skip("needs root (TUN device, network namespace)")
+}
+
+var netnsCounter atomic.Int64
+
+// inNetns runs fn on this goroutine's OS thread switched into ns.
+func inNetns(tb testing.TB, ns netns.NsHandle, fn func()) {
+	tb.Helper()
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		tb.Fatalf("get netns: %v", err)
+	}
+	if err := netns.Set(ns); err != nil {
+		orig.Close()
+		runtime.UnlockOSThread()
+		tb.Fatalf("enter netns: %v", err)
+	}
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			tb.Errorf("restore netns: %v (the thread stays locked and dies)", err)
+			return
+		}
+		orig.Close()
+		runtime.UnlockOSThread()
+	}()
+	fn()
+}
+
+// kernelHarness is a Stack on TUN roamsys0 in namespace
+// "roamsys-<pid>-<n>" (10.9.0.2/24, fd09::2/64; routes to 192.0.2.0/24 and
+// 2001:db8::/64 into the TUN), with a reader goroutine that sends the
+// packets Stack.Read returns to passed.
+type kernelHarness struct {
+	ns     netns.NsHandle
+	stack  *Stack
+	wg     sync.WaitGroup
+	passed chan []byte
+}
+
+func newKernelHarness(tb testing.TB, cfg Config) *kernelHarness {
+	tb.Helper()
+	needRoot(tb)
+	name := fmt.Sprintf("roamsys-%d-%d", os.Getpid(), netnsCounter.Add(1))
+	h := &kernelHarness{passed: make(chan []byte, 1024)}
+	var err error
+	func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			tb.Fatalf("get netns: %v", err)
+		}
+		defer orig.Close()
+		h.ns, err = netns.NewNamed(name) // switches this thread into it
+		if err != nil {
+			tb.Fatalf("create netns %s: %v", name, err)
+		}
+		defer func() {
+			if err := netns.Set(orig); err != nil {
+				panic(fmt.Sprintf("restore netns: %v", err))
+			}
+		}()
+		tb.Cleanup(func() {
+			h.ns.Close()
+			if err := netns.DeleteNamed(name); err != nil {
+				tb.Errorf("delete netns %s: %v", name, err)
+			}
+		})
+		dev, real, err := tun.Create(tunName, testMTU)
+		if err != nil {
+			tb.Fatalf("create TUN: %v", err)
+		}
+		if err := tun.ConfigureLink(real, []netip.Prefix{netip.PrefixFrom(local4, 24), netip.PrefixFrom(local6, 64)}, testMTU); err != nil {
+			dev.Close()
+			tb.Fatal(err)
+		}
+		link, err := netlink.LinkByName(real)
+		if err != nil {
+			dev.Close()
+			tb.Fatal(err)
+		}
+		for _, p := range []string{"192.0.2.0/24", "2001:db8::/64"} {
+			_, ipnet, _ := net.ParseCIDR(p)
+			if err := netlink.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipnet}); err != nil {
+				dev.Close()
+				tb.Fatalf("route %s: %v", p, err)
+			}
+		}
+		cfg.Dev, cfg.IfName = dev, real
+		h.stack, err = New(cfg) // the listener goes into the namespace
+		if err != nil {
+			dev.Close()
+			tb.Fatalf("New: %v", err)
+		}
+	}()
+	if err != nil {
+		return nil
+	}
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		bs := h.stack.BatchSize()
+		bufs, sizes := make([][]byte, bs), make([]int, bs)
+		for i := range bufs {
+			bufs[i] = make([]byte, datagram.BufSize)
+		}
+		for {
+			n, err := h.stack.Read(bufs, sizes, datagram.Headroom)
+			for i := range n {
+				select {
+				case h.passed <- append([]byte(nil), bufs[i][datagram.Headroom:datagram.Headroom+sizes[i]]...):
+				default:
+				}
+			}
+			if err != nil && errors.Is(err, os.ErrClosed) {
+				return
+			}
+		}
+	}()
+	tb.Cleanup(func() {
+		h.stack.Close()
+		h.wg.Wait()
+	})
+	return h
+}
+
+// dial connects from inside the namespace.
+func (h *kernelHarness) dial(tb testing.TB, dst netip.AddrPort) (*net.TCPConn, error) {
+	var c net.Conn
+	var err error
+	inNetns(tb, h.ns, func() {
+		d := net.Dialer{Timeout: 30 * time.Second}
+		c, err = d.Dial("tcp", dst.String())
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// listenLoopback serves TCP on the host's 127.0.0.1 until the test ends.
+func listenLoopback(tb testing.TB, serve func(c *net.TCPConn)) string {
+	tb.Helper()
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	tb.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// pattern is a deterministic byte stream for connection conn, direction dir.
+func pattern(conn int, dir byte) io.Reader {
+	var seed [32]byte
+	binary.BigEndian.PutUint64(seed[:], uint64(conn))
+	seed[8] = dir
+	return rand.NewChaCha8(seed)
+}
+
+// TestKernelTUN: through the Stack, a connection of the namespace's
+// kernel carries 8 MiB both ways byte-exact (an echo, over IPv4 and
+// IPv6), half-closes work in both orders, and a Connect that fails resets
+// the application's connection.
+func TestKernelTUN(t *testing.T) {
+	type key struct{ src, dst netip.AddrPort }
+	var mu sync.Mutex
+	seen := map[key]bool{}
+	echo := listenLoopback(t, func(c *net.TCPConn) { io.Copy(c, c); c.CloseWrite() })
+	// Port 9: the server sends first and half-closes, then reads to EOF.
+	halfDone := make(chan string, 2)
+	half := listenLoopback(t, func(c *net.TCPConn) {
+		c.Write([]byte("server speaks first"))
+		c.CloseWrite()
+		b, err := io.ReadAll(c)
+		if err != nil {
+			halfDone <- "error: " + err.Error()
+			return
+		}
+		halfDone <- string(b)
+	})
+	h := newKernelHarness(t, Config{Connect: func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
+		mu.Lock()
+		seen[key{src, dst}] = true
+		mu.Unlock()
+		target := echo
+		switch dst.Port() {
+		case 1:
+			return nil, &flow.Error{Kind: flow.Refused, Dst: dst.String()}
+		case 2:
+			return nil, &flow.Error{Kind: flow.Unreachable, Dst: dst.String()}
+		case 9:
+			target = half
+		}
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", target)
+		if err != nil {
+			return nil, &flow.Error{Kind: flow.Classify(err), Dst: dst.String(), Err: err}
+		}
+		return flowtest.NewConnStream(c), nil
+	}})
+	const size = 8 << 20
+	for i, remote := range []netip.Addr{remote4, remote6} {
+		t.Run(fmt.Sprintf("echo 8MiB %v", remote), func(t *testing.T) {
+			dst := netip.AddrPortFrom(remote, 7)
+			c, err := h.dial(t, dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			wrote := make(chan error, 1)
+			go func() {
+				_, err := io.Copy(c, io.LimitReader(pattern(i, 'u'), size))
+				c.CloseWrite()
+				wrote <- err
+			}()
+			if err := expectStream(c, pattern(i, 'u'), size); err != nil {
+				t.Fatalf("echo: %v", err)
+			}
+			if err := <-wrote; err != nil {
+				t.Fatalf("write: %v", err)
+			}
+			src := netip.MustParseAddrPort(c.LocalAddr().String())
+			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+			mu.Lock()
+			defer mu.Unlock()
+			if !seen[key{src, dst}] {
+				t.Errorf("Connect not called with src %v dst %v; got %v", src, dst, seen)
+			}
+		})
+		t.Run(fmt.Sprintf("half-close %v", remote), func(t *testing.T) {
+			c, err := h.dial(t, netip.AddrPortFrom(remote, 9))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			b, err := io.ReadAll(c)
+			if err != nil || string(b) != "server speaks first" {
+				t.Fatalf("read to EOF: %q, %v", b, err)
+			}
+			if _, err := c.Write([]byte("the application answers after EOF")); err != nil {
+				t.Fatalf("write after EOF: %v", err)
+			}
+			c.CloseWrite()
+			select {
+			case got := <-halfDone:
+				if got != "the application answers after EOF" {
+					t.Fatalf("server read %q", got)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("server did not get the application's data and FIN")
+			}
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Fatalf("read after both FINs: %d, %v; want EOF", n, err)
+			}
+		})
+		for _, port := range []uint16{1, 2} {
+			t.Run(fmt.Sprintf("connect fails, port %d, %v", port, remote), func(t *testing.T) {
+				// The local handshake completes before Connect; a RST
+				// that arrives before the dialer checks SO_ERROR fails
+				// the dial itself.
+				c, err := h.dial(t, netip.AddrPortFrom(remote, port))
+				if errors.Is(err, syscall.ECONNRESET) {
+					return
+				}
+				if err != nil {
+					t.Fatalf("dial: %v; want success or ECONNRESET", err)
+				}
+				defer c.Close()
+				c.SetReadDeadline(time.Now().Add(20 * time.Second))
+				_, err = c.Read(make([]byte, 1))
+				if !errors.Is(err, syscall.ECONNRESET) {
+					t.Fatalf("read: %v; want ECONNRESET", err)
+				}
+			})
+		}
+	}
+	st := h.stack.Stats()
+	t.Logf("stats: %+v", st)
+	if st.FlowsOpened != 4 || st.FlowsRefused != 2 || st.FlowsUnreachable != 2 || st.AcceptUnknown != 0 ||
+		st.PacketsToListener == 0 || st.PacketsToApp == 0 || st.DropNoEntry != 0 || st.WriteErrors != 0 {
+		t.Errorf("stats %+v; want 4 opened, 2 refused, 2 unreachable, packets both ways, no drops", st)
+	}
+	if st.BytesUp < 2*size || st.BytesDown < 2*size {
+		t.Errorf("BytesUp %d BytesDown %d; want at least %d each", st.BytesUp, st.BytesDown, 2*size)
+	}
+}
+
+// expectStream reads r to EOF and checks it is exactly n bytes of want.
+func expectStream(r io.Reader, want io.Reader, n int64) error {
+	got, exp := make([]byte, 32<<10), make([]byte, 32<<10)
+	var total int64
+	for {
+		k, err := r.Read(got)
+		if k > 0 {
+			if total+int64(k) > n {
+				return fmt.Errorf("more than the %d bytes expected", n)
+			}
+			io.ReadFull(want, exp[:k])
+			if !bytes.Equal(got[:k], exp[:k]) {
+				return fmt.Errorf("bytes %d..%d differ", total, total+int64(k))
+			}
+			total += int64(k)
+		}
+		if err == io.EOF {
+			if total != n {
+				return fmt.Errorf("EOF after %d bytes, want %d", total, n)
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("after %d bytes: %w", total, err)
+		}
+	}
+}
+
+// TestKernelTUNInbound: a TCP connection opened from the tunnel side
+// toward a listener of the namespace is carried as packets: a SYN the
+// caller writes is answered by the kernel with a SYN-ACK that Read returns
+// to the caller unchanged (IPv4 and IPv6).
+func TestKernelTUNInbound(t *testing.T) {
+	h := newKernelHarness(t, Config{Connect: func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
+		return nil, errors.New("no flows in this test")
+	}})
+	for _, tt := range []struct{ host, peer netip.Addr }{{local4, remote4}, {local6, remote6}} {
+		t.Run(tt.host.String(), func(t *testing.T) {
+			var ln net.Listener
+			var err error
+			inNetns(t, h.ns, func() { ln, err = net.Listen("tcp", netip.AddrPortFrom(tt.host, 0).String()) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			hostAP := netip.MustParseAddrPort(ln.Addr().String())
+			peer := netip.AddrPortFrom(tt.peer, 40000)
+			syn := buildTCP(tcpSpec{src: peer, dst: hostAP, flags: flagSYN, seq: 1000})
+			deadline := time.After(10 * time.Second)
+			for {
+				buf := make([]byte, datagram.Headroom, datagram.Headroom+len(syn))
+				if _, err := h.stack.Write([][]byte{append(buf, syn...)}, datagram.Headroom); err != nil {
+					t.Fatalf("write SYN: %v", err)
+				}
+				select {
+				case pkt := <-h.passed:
+					var p datagram.Packet
+					var tp tcpPacket
+					if parseTCP(pkt, &p, &tp) != isTCP {
+						continue // something else the kernel sent (router solicitation, ...)
+					}
+					if tp.srcPort() != hostAP.Port() || tp.dstPort() != peer.Port() || tp.flags&(flagSYN|flagACK) != flagSYN|flagACK ||
+						binary.BigEndian.Uint32(tp.th[8:]) != 1001 {
+						t.Fatalf("got TCP %v:%d -> %v:%d flags %#x; want the SYN-ACK", p.Src, tp.srcPort(), p.Dst, tp.dstPort(), tp.flags)
+					}
+					return
+				case <-time.After(time.Second):
+				case <-deadline:
+					t.Fatal("no SYN-ACK passed to the caller")
+				}
+			}
+		})
+	}
+	if st := h.stack.Stats(); st.PacketsPassed < 2 || st.NATOpened != 0 {
+		t.Errorf("stats %+v; want the SYN-ACKs passed and no NAT entries", st)
+	}
+}
