@@ -43,9 +43,9 @@ func (d *fakeDev) Write(bufs [][]byte, offset int) (int, error) {
 	return len(bufs), nil
 }
 
-func (d *fakeDev) BatchSize() int      { return 8 }
-func (d *fakeDev) MTU() (int, error)   { return 1500, nil }
-func (d *fakeDev) Close() error        { return nil }
+func (d *fakeDev) BatchSize() int    { return 8 }
+func (d *fakeDev) MTU() (int, error) { return 1500, nil }
+func (d *fakeDev) Close() error      { return nil }
 
 // newTestStack is a Stack on dev without a listener or accept loop (its
 // port is lnPrt): enough for Read and the rewrite path.

@@ -46,9 +46,9 @@ type tcpPacket struct {
 
 // parse results.
 const (
-	notTCP   = iota // not a valid TCP packet: the caller's (a malformed packet is the pump's to count)
-	isTCP           // a TCP packet with its full fixed header
-	tcpFrag         // a TCP fragment or a packet too short for its TCP header: dropped
+	notTCP  = iota // not a valid TCP packet: the caller's (a malformed packet is the pump's to count)
+	isTCP          // a TCP packet with its full fixed header
+	tcpFrag        // a TCP fragment or a packet too short for its TCP header: dropped
 )
 
 // parseTCP decodes pkt (an IP packet at pkt[0]) with p and, if it is an
