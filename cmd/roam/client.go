@@ -14,7 +14,6 @@ import (
 	"github.com/roamvpn/roam/auth"
 	"github.com/roamvpn/roam/datagram"
 	"github.com/roamvpn/roam/tun"
-	"github.com/roamvpn/roam/tun/flowstack"
 	"github.com/roamvpn/roam/tunnel"
 )
 
@@ -30,6 +29,7 @@ type clientFlags struct {
 	logLevel  string
 	debug     string
 	mode      string
+	stack     string
 }
 
 func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, error) {
@@ -44,6 +44,7 @@ func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, erro
 	fs.UintVar(&f.mark, "mark", uint(tun.DefaultMark), "socket `MARK` that keeps the tunnel's own UDP socket out of the tunnel")
 	fs.IntVar(&f.table, "table", tun.DefaultTable, "routing `TABLE` for the tunnel routes")
 	fs.StringVar(&f.mode, "mode", "packet", "`MODE`: packet (every IP packet as a datagram) or flow (each TCP connection as its own QUIC stream, the rest as datagrams)")
+	fs.StringVar(&f.stack, "stack", "gvisor", "flow mode's TCP `STACK`: gvisor (userspace) or system (the kernel's TCP behind a NAT; falls back to gvisor if it cannot start)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
 	fs.StringVar(&f.debug, "debug", "", "serve pprof and counters on this loopback `HOST:PORT` (off by default)")
 	help, err := parseFlags(fs, args, stdout)
@@ -80,6 +81,9 @@ func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, erro
 	}
 	if f.mode != "packet" && f.mode != "flow" {
 		return nil, false, usagef("client: invalid value %q for flag --mode: expected packet or flow", f.mode)
+	}
+	if f.stack != "gvisor" && f.stack != "system" {
+		return nil, false, usagef("client: invalid value %q for flag --stack: expected gvisor or system", f.stack)
 	}
 	if f.mark == 0 || f.mark > 0xffffffff {
 		return nil, false, usagef("client: invalid value %d for flag --mark: expected 1..4294967295", f.mark)
@@ -136,7 +140,7 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if f.mode == "flow" {
 		cfg.FlowDevice = func(dev datagram.Device, mtu int, open tunnel.OpenFlow) (datagram.Device, error) {
-			return flowstack.New(flowstack.Config{Dev: dev, MTU: mtu, Connect: open, Logger: log})
+			return newFlowStack(f.stack, dev, mtu, open, log)
 		}
 	}
 	c, err := tunnel.NewClient(cfg)
@@ -163,13 +167,14 @@ func clientDevice(f *clientFlags, dc tunnel.DeviceConfig) (datagram.Device, erro
 		dev.Close()
 		return nil, err
 	}
-	return &hostDevice{Device: dev, routing: rt}, nil
+	return &hostDevice{Device: dev, routing: rt, name: name}, nil
 }
 
 // hostDevice is a TUN device whose Close also removes its routing.
 type hostDevice struct {
 	tun.Device
 	routing *tun.Routing
+	name    string // the TUN's interface name
 	once    sync.Once
 	err     error
 }
