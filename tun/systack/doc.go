@@ -102,8 +102,8 @@
 //
 // # Requirements and limits
 //
-// Linux only, with CAP_NET_ADMIN (the TUN) and CAP_NET_RAW
-// (SO_BINDTODEVICE): the client has both as root. New opens the listener in
+// Linux only, with CAP_NET_ADMIN (the TUN) and, on older kernels,
+// CAP_NET_RAW (SO_BINDTODEVICE): the client has both as root. New opens the listener in
 // the calling thread's network namespace, which must be the TUN's. A host
 // firewall that drops TCP arriving on the TUN toward the host's own
 // address (an INPUT policy of drop without an accept for the TUN) blocks
@@ -118,8 +118,9 @@
 // and Close may be called from any goroutine. Close is idempotent: it
 // closes the listener, cancels every Connect in progress and aborts every
 // flow (the upstream stream is reset, the accepted connection closed with
-// a RST), waits 50 ms if flows were open so that a Read in progress
-// rewrites those RSTs toward the applications, then closes the device and
+// a RST), waits (if flows were open; until Read has read the device twice,
+// at most 250 ms) so that a Read in progress rewrites those RSTs toward
+// the applications, then closes the device and
 // makes blocked and later Reads and Writes return os.ErrClosed. If no Read
 // runs then (the pump stopped first), the applications' connections are
 // not reset and time out once the TUN is gone.

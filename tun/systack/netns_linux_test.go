@@ -523,3 +523,58 @@ func BenchmarkKernelTUN(b *testing.B) {
 		})
 	}
 }
+
+// TestKernelTUNClose: Close resets the applications' open connections
+// (IPv4 and IPv6) and the upstream streams, and Read and Write then
+// report os.ErrClosed.
+func TestKernelTUNClose(t *testing.T) {
+	upstreamEnded := make(chan error, 2)
+	echo := listenLoopback(t, func(c *net.TCPConn) {
+		_, err := io.Copy(c, c)
+		upstreamEnded <- err
+	})
+	h := newKernelHarness(t, Config{Connect: func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", echo)
+		if err != nil {
+			return nil, err
+		}
+		return flowtest.NewConnStream(c), nil
+	}})
+	var conns []*net.TCPConn
+	for _, remote := range []netip.Addr{remote4, remote6} {
+		c, err := h.dial(t, netip.AddrPortFrom(remote, 7))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("ping"))
+		b := make([]byte, 4)
+		if _, err := io.ReadFull(c, b); err != nil || string(b) != "ping" {
+			t.Fatalf("echo: %q, %v", b, err)
+		}
+		conns = append(conns, c)
+	}
+	if err := h.stack.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	for i, c := range conns {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("connection %d: read after Close: %v; want ECONNRESET", i, err)
+		}
+	}
+	for range conns {
+		select {
+		case <-upstreamEnded:
+		case <-time.After(10 * time.Second):
+			t.Fatal("an upstream connection stayed open after Close")
+		}
+	}
+	if _, err := h.stack.Write([][]byte{make([]byte, 64)}, datagram.Headroom); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("Write after Close: %v", err)
+	}
+	if _, err := h.stack.Read([][]byte{make([]byte, 2048)}, []int{0}, datagram.Headroom); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("Read after Close: %v", err)
+	}
+}

@@ -26,9 +26,9 @@ const (
 	bufSize  = datagram.LargeBufSize
 )
 
-// closeDrain is how long Close lets a Read in progress rewrite the RSTs
-// of the flows it aborted, before it closes the device.
-const closeDrain = 50 * time.Millisecond
+// closeDrain bounds how long Close lets a Read in progress rewrite the
+// RSTs of the flows it aborted, before it closes the device.
+const closeDrain = 250 * time.Millisecond
 
 type counters struct {
 	opened, refused, unreach, failed, flowErr, unknown atomic.Uint64
@@ -36,6 +36,7 @@ type counters struct {
 	up, down                                           atomic.Uint64
 	toLn, toApp, passed, frag, noEntry, full           atomic.Uint64
 	dropSmall, writeErr                                atomic.Uint64
+	batches                                            atomic.Uint64 // batches Read has processed
 }
 
 // Stack is the system TCP stack; it implements datagram.Device. Create it
@@ -242,6 +243,7 @@ func (s *Stack) process(bufs [][]byte, sizes []int, offset, n int) int {
 		}
 		clear(wb) // drop the references until the next batch
 	}
+	s.cnt.batches.Add(1)
 	c := &s.cnt
 	for _, a := range [...]struct {
 		n uint64
@@ -320,7 +322,12 @@ func (s *Stack) Close() error {
 		hadFlows := s.cnt.active.Load()+s.cnt.pending.Load() > 0
 		s.wg.Wait()
 		if hadFlows {
-			time.Sleep(closeDrain)
+			// The RSTs are in the TUN's queue. The second batch Read
+			// completes from now on was read after they were queued.
+			b0 := s.cnt.batches.Load()
+			for start := time.Now(); s.cnt.batches.Load() < b0+2 && time.Since(start) < closeDrain; {
+				time.Sleep(time.Millisecond)
+			}
 		}
 		s.closed.Store(true)
 		s.closeErr = s.dev.Close()
