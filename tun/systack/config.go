@@ -127,4 +127,9 @@ type Stats struct {
 	NATActive  int64  // entries in the NAT table (expired ones until they are swept)
 	NATOpened  uint64 // entries created (one per SYN of a new connection)
 	NATExpired uint64 // entries removed after their timeout (closed ones after their linger)
+	// SYNUnanswered: SYNs the applications retransmitted because the
+	// listener did not answer the first within a second. The first one
+	// is logged as a warning: a host firewall dropping TCP that arrives
+	// on the TUN, or a full accept backlog.
+	SYNUnanswered uint64
 }

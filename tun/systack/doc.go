@@ -107,7 +107,9 @@
 // the calling thread's network namespace, which must be the TUN's. A host
 // firewall that drops TCP arriving on the TUN toward the host's own
 // address (an INPUT policy of drop without an accept for the TUN) blocks
-// the listener; host conntrack sees the rewritten connections (A:L ↔ D:N)
+// the listener: the applications' SYNs then go unanswered, which the Stack
+// counts (Stats.SYNUnanswered) and logs once as a warning, since New
+// cannot see it coming. Host conntrack sees the rewritten connections (A:L ↔ D:N)
 // as ordinary local ones. If New fails (no SO_BINDTODEVICE, no listener),
 // it leaves Config.Dev open and the caller can fall back to flowstack
 // (roam client --stack system does, with a warning).

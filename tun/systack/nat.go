@@ -53,7 +53,14 @@ type natEntry struct {
 	port  uint16
 	state uint8
 	last  int64 // natTable.now() when a packet last passed
+	born  int64 // natTable.now() when the entry was made
 }
+
+// unansweredAfter is how long after its first SYN a retransmitted SYN of
+// an entry the listener never answered counts as unanswered
+// (natTable.unanswered): the local answer takes microseconds, and Linux
+// retransmits a SYN after 1 s.
+const unansweredAfter = 900 * time.Millisecond
 
 func (e *natEntry) timeout() int64 {
 	switch {
@@ -94,6 +101,7 @@ type natTable struct {
 
 	active                   atomic.Int64
 	opened, expired, dropped atomic.Uint64
+	unanswered               atomic.Uint64 // SYNs retransmitted to a listener that never answered
 }
 
 func newNATTable(max int, listenerPort uint16) *natTable {
@@ -127,6 +135,9 @@ func (t *natTable) forwardLocked(tu tuple, flags uint8, now int64) (e *natEntry,
 		if e = t.insertLocked(tu, now); e == nil {
 			return nil, true
 		}
+	}
+	if syn && e.state&stAnswered == 0 && now-e.born >= int64(unansweredAfter) {
+		t.unanswered.Add(1)
 	}
 	e.last = now
 	switch {
@@ -210,7 +221,7 @@ func (t *natTable) insertLocked(tu tuple, now int64) *natEntry {
 			}
 			t.removeLocked(old, true)
 		}
-		e := &natEntry{t: tu, port: uint16(p), last: now}
+		e := &natEntry{t: tu, port: uint16(p), last: now, born: now}
 		t.byPort[p] = e
 		t.byTuple[tu] = e
 		t.active.Store(int64(len(t.byTuple)))

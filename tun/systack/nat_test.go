@@ -171,3 +171,31 @@ func TestNATPortWrap(t *testing.T) {
 		t.Fatalf("live ports not skipped: %+v", e)
 	}
 }
+
+// TestNATUnanswered: a SYN retransmitted a second after the first, with no
+// answer from the listener in between, is counted; one retransmitted
+// sooner, or after an answer, is not.
+func TestNATUnanswered(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		nt := newNATTable(16, lnPrt)
+		step(t, nt, app4, dst4, true, flagSYN)
+		time.Sleep(100 * time.Millisecond)
+		step(t, nt, app4, dst4, true, flagSYN)
+		if n := nt.unanswered.Load(); n != 0 {
+			t.Fatalf("unanswered %d after a quick retransmit", n)
+		}
+		time.Sleep(time.Second)
+		step(t, nt, app4, dst4, true, flagSYN)
+		if n := nt.unanswered.Load(); n != 1 {
+			t.Fatalf("unanswered %d, want 1", n)
+		}
+		other := netip.AddrPortFrom(app4.Addr(), 50000)
+		step(t, nt, other, dst4, true, flagSYN)
+		step(t, nt, other, dst4, false, flagSYN|flagACK)
+		time.Sleep(2 * time.Second)
+		step(t, nt, other, dst4, true, flagSYN)
+		if n := nt.unanswered.Load(); n != 1 {
+			t.Fatalf("unanswered %d after an answered SYN's retransmit, want 1", n)
+		}
+	})
+}

@@ -7,11 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -577,4 +580,63 @@ func TestKernelTUNClose(t *testing.T) {
 	if _, err := h.stack.Read([][]byte{make([]byte, 2048)}, []int{0}, datagram.Headroom); !errors.Is(err, os.ErrClosed) {
 		t.Errorf("Read after Close: %v", err)
 	}
+}
+
+// TestKernelTUNFirewall: with a firewall in the namespace that drops TCP
+// arriving on the TUN (as a default-deny INPUT policy does), the listener
+// never answers; the retransmitted SYNs are counted and warned about once.
+func TestKernelTUNFirewall(t *testing.T) {
+	nft, err := exec.LookPath("nft")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs nft on PATH, and CI=true")
+		}
+		t.Skip("needs nft on PATH")
+	}
+	var logs lockedBuf
+	h := newKernelHarness(t, Config{
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Connect: func(context.Context, netip.AddrPort, netip.AddrPort) (flow.Stream, error) {
+			return nil, errors.New("unreachable")
+		},
+	})
+	inNetns(t, h.ns, func() {
+		rules := fmt.Sprintf("table inet roamsys_fw {\n chain input {\n type filter hook input priority 0; policy accept;\n iifname %q meta l4proto tcp drop\n }\n}\n", tunName)
+		cmd := exec.Command(nft, "-f", "-")
+		cmd.Stdin = strings.NewReader(rules)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nft %s: %v: %s", rules, err, out)
+		}
+	})
+	inNetns(t, h.ns, func() {
+		d := net.Dialer{Timeout: 2500 * time.Millisecond} // the first SYN and its retransmit after 1 s
+		if c, err := d.Dial("tcp", netip.AddrPortFrom(remote4, 80).String()); err == nil {
+			c.Close()
+			t.Fatal("dial through the firewall succeeded")
+		}
+	})
+	if st := h.stack.Stats(); st.SYNUnanswered == 0 {
+		t.Fatalf("stats %+v; want unanswered SYNs", st)
+	}
+	if !strings.Contains(logs.String(), "does not answer") {
+		t.Fatalf("no warning logged: %q", logs.String())
+	}
+}
+
+// lockedBuf is a bytes.Buffer safe for concurrent use (a log sink).
+type lockedBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -37,6 +37,7 @@ type counters struct {
 	toLn, toApp, passed, frag, noEntry, full           atomic.Uint64
 	dropSmall, writeErr                                atomic.Uint64
 	batches                                            atomic.Uint64 // batches Read has processed
+	warned                                             atomic.Bool   // the unanswered-SYN warning was logged
 }
 
 // Stack is the system TCP stack; it implements datagram.Device. Create it
@@ -244,6 +245,11 @@ func (s *Stack) process(bufs [][]byte, sizes []int, offset, n int) int {
 		clear(wb) // drop the references until the next batch
 	}
 	s.cnt.batches.Add(1)
+	if !s.cnt.warned.Load() && s.nat.unanswered.Load() > 0 {
+		s.cnt.warned.Store(true)
+		s.log.Warn("the system stack's listener does not answer the applications' SYNs: a firewall may drop TCP arriving on the TUN (allow it, or use --stack gvisor)",
+			"interface", s.cfg.IfName, "listener_port", s.port)
+	}
 	c := &s.cnt
 	for _, a := range [...]struct {
 		n uint64
@@ -303,6 +309,7 @@ func (s *Stack) Stats() Stats {
 		NATActive:         s.nat.active.Load(),
 		NATOpened:         s.nat.opened.Load(),
 		NATExpired:        s.nat.expired.Load(),
+		SYNUnanswered:     s.nat.unanswered.Load(),
 	}
 }
 
