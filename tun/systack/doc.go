@@ -25,7 +25,10 @@
 // which coalesces consecutive segments of a connection again (GRO), so
 // both kernel sockets keep their offloads. Read uses its own buffers of
 // 64 KiB (BatchSize of them: 8 MiB for a Linux TUN) so that Write has room
-// to coalesce into. No address is invented: D is where the application's
+// to coalesce into; the packets it returns (UDP, ICMP, inbound TCP) are
+// copied once into the caller's buffers. BenchmarkProcess: about 50 ns
+// per packet for parse, lookup and rewrite; BenchmarkKernelTUN compares
+// the whole path with flowstack's. No address is invented: D is where the application's
 // packets were routed into the TUN, so the routes and policy rules that
 // tun.InstallRouting installs (and reverse-path filtering) accept it as a
 // source on the TUN, and the listener's socket, bound to the TUN, sends
