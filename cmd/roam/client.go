@@ -15,7 +15,6 @@ import (
 	"github.com/roamvpn/roam/auth"
 	"github.com/roamvpn/roam/datagram"
 	"github.com/roamvpn/roam/tun"
-	"github.com/roamvpn/roam/tun/flowstack"
 	"github.com/roamvpn/roam/tunnel"
 	"github.com/roamvpn/roam/tunnel/control"
 )
@@ -33,6 +32,7 @@ type clientFlags struct {
 	logLevel  string
 	debug     string
 	mode      string
+	stack     string
 
 	metrics      string // --metrics: Prometheus and probes; "" = off
 	statusSocket string // --status-socket; "" = off
@@ -53,6 +53,7 @@ func newClientFlags() (*clientFlags, *flag.FlagSet) {
 	fs.UintVar(&f.mark, "mark", uint(tun.DefaultMark), "socket `MARK` that keeps the tunnel's own UDP socket out of the tunnel")
 	fs.IntVar(&f.table, "table", tun.DefaultTable, "routing `TABLE` for the tunnel routes")
 	fs.StringVar(&f.mode, "mode", "packet", "`MODE`: packet (every IP packet as a datagram) or flow (each TCP connection as its own QUIC stream, the rest as datagrams)")
+	fs.StringVar(&f.stack, "stack", "gvisor", "flow mode's TCP `STACK`: gvisor (userspace) or system (the kernel's TCP behind a NAT; falls back to gvisor if it cannot start)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
 	fs.StringVar(&f.debug, "debug", "", "serve pprof and counters on this loopback `HOST:PORT` (off by default)")
 	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics and the /healthz, /readyz probes on `HOST:PORT` (off by default)")
@@ -120,6 +121,9 @@ func (f *clientFlags) check() []*flagError {
 	if f.mode != "packet" && f.mode != "flow" {
 		errs = append(errs, badValue("mode", f.mode, "expected packet or flow"))
 	}
+	if f.stack != "gvisor" && f.stack != "system" {
+		errs = append(errs, badValue("stack", f.stack, "expected gvisor or system"))
+	}
 	if f.mark == 0 || f.mark > 0xffffffff {
 		errs = append(errs, badValue("mark", fmt.Sprint(f.mark), "expected 1..4294967295"))
 	}
@@ -176,7 +180,7 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if f.mode == "flow" {
 		cfg.FlowDevice = func(dev datagram.Device, mtu int, open tunnel.OpenFlow) (datagram.Device, error) {
-			return flowstack.New(flowstack.Config{Dev: dev, MTU: mtu, Connect: open, Logger: log})
+			return newFlowStack(f.stack, dev, mtu, open, log)
 		}
 	}
 	c, err := tunnel.NewClient(cfg)
@@ -208,13 +212,14 @@ func clientDevice(f *clientFlags, dc tunnel.DeviceConfig) (datagram.Device, erro
 		dev.Close()
 		return nil, err
 	}
-	return &hostDevice{Device: dev, routing: rt}, nil
+	return &hostDevice{Device: dev, routing: rt, name: name}, nil
 }
 
 // hostDevice is a TUN device whose Close also removes its routing.
 type hostDevice struct {
 	tun.Device
 	routing *tun.Routing
+	name    string // the TUN's interface name
 	once    sync.Once
 	err     error
 }

@@ -43,6 +43,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"client", "--server", "h:1", "--token", "t", "--pin", "md5:00"}, "--pin"},
 		{[]string{"client", "--server", "h:1", "--token", "t", "--route", "x"}, "--route"},
 		{[]string{"client", "--server", "h:1", "--token", "t", "--table", "254"}, "--table"},
+		{[]string{"client", "--server", "h:1", "--token", "t", "--stack", "lwip"}, "--stack"},
 		{[]string{"frobnicate"}, "unknown command"},
 	}
 	for _, tt := range tests {
