@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/webtransport-go"
 
 	"github.com/roamvpn/roam/auth"
@@ -282,9 +284,17 @@ func TestReload(t *testing.T) {
 	sink := newUDPSink(t, "127.0.0.1:0")
 	gw4 := netip.MustParseAddr("100.96.0.1")
 	old := testAuth{tokA: {User: "alice"}, tokB: {User: "bob"}}
-	ts := startTestServerWith(t, testServerOpts{auth: old})
+	ts := startTestServerWith(t, testServerOpts{auth: old, gatewayLoopback: true})
 	la := newLink(t, ts, tokA)
 	lb := newLink(t, ts, tokB)
+	// A native flow with B's token (on A's connection: flows carry their
+	// own token) ends with B's token too.
+	echo := echoServer(t)
+	flowB := openNativeFlow(t, la, netip.AddrPortFrom(netip.MustParseAddr("100.96.0.1"), echo).String(), tokB)
+	flowB.Write([]byte("ping"))
+	if b := make([]byte, 4); readFull(flowB, b) != nil || string(b) != "ping" {
+		t.Fatal("B's flow does not echo")
+	}
 	addrA := la.assign.Addresses[0].Prefix.Addr()
 	sessA := ts.srv.sessionFor(addrA)
 	if sessA == nil {
@@ -323,6 +333,16 @@ func TestReload(t *testing.T) {
 	}
 
 	waitStreamEnd(t, lb, 5*time.Second)
+	flowErr := make(chan error, 1)
+	go func() { _, err := flowB.Read(make([]byte, 10)); flowErr <- err }()
+	select {
+	case err := <-flowErr:
+		if err == nil {
+			t.Fatal("B's flow still reads after the reload")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("B's flow was not ended by the reload")
+	}
 	if got := ts.srv.sessionFor(addrA); got != sessA {
 		t.Fatal("A's session was replaced by the reload")
 	}
@@ -624,4 +644,36 @@ func TestCheckPacket(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openNativeFlow opens a flow (CONNECT authority) on l's connection with
+// token and returns its stream once the server answered 200.
+func openNativeFlow(t *testing.T, l *link, authority, token string) *http3.RequestStream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	str, err := l.cc.OpenRequestStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { str.CancelRead(0); str.CancelWrite(0) })
+	req := &http.Request{Method: http.MethodConnect, Host: authority, URL: &url.URL{Host: authority},
+		Header: http.Header{"Authorization": {"Bearer " + token}}}
+	if err := str.SendRequestHeader(req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := str.ReadResponse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("flow to %s: HTTP %d %s", authority, resp.StatusCode, resp.Header.Get("Proxy-Status"))
+	}
+	str.SetReadDeadline(time.Now().Add(20 * time.Second))
+	return str
+}
+
+func readFull(r io.Reader, b []byte) error {
+	_, err := io.ReadFull(r, b)
+	return err
 }
