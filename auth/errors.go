@@ -19,6 +19,10 @@ var (
 	ErrInvalidPin = errors.New("invalid certificate pin")
 	// ErrCorruptCert: a certificate or key file exists but cannot be used.
 	ErrCorruptCert = errors.New("unusable certificate or key")
+	// ErrInvalidRevocation: a line of a revocation list is malformed.
+	ErrInvalidRevocation = errors.New("invalid revocation")
+	// ErrInvalidKey: a token signing key or public keys file is malformed.
+	ErrInvalidKey = errors.New("invalid token key")
 )
 
 // TokensFileError reports a problem with one line of a tokens file (Line > 0)

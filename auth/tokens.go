@@ -115,6 +115,9 @@ func parseTokenEntries(r io.Reader, name string) ([]tokenEntry, error) {
 		if len(line) < MinTokenLen || len(line) > MaxTokenLen {
 			return nil, lineErr(ErrInvalidToken, "token is %d characters long %s", len(line), tokenRule)
 		}
+		if IsSignedToken(string(line)) {
+			return nil, lineErr(ErrInvalidToken, "this is a signed token (it starts with %s): signed tokens need no tokens file, the server verifies them with its public key", SignedTokenPrefix)
+		}
 		tok := string(line)
 		d := sha256.Sum256(line)
 		if prev, dup := byHash[d]; dup {
@@ -225,7 +228,13 @@ func (t *Tokens) Verify(token string) (id string, ok bool) {
 // first 12 lowercase hex digits of SHA-256(token). It does not verify token.
 // The ID reveals nothing useful about the token and is safe to log.
 func TokenID(token string) string {
-	d := sha256.Sum256([]byte(token))
+	var d [sha256.Size]byte
+	if len(token) <= MaxTokenLen {
+		var buf [MaxTokenLen]byte // []byte(token) would allocate beyond 32 bytes
+		d = sha256.Sum256(buf[:copy(buf[:], token)])
+	} else {
+		d = sha256.Sum256([]byte(token))
+	}
 	return idFromDigest(&d)
 }
 

@@ -21,6 +21,8 @@ func TestZeroAllocs(t *testing.T) {
 	assertNoAllocs(t, "Decode IPv4", func() { _ = p.Decode(v4) })
 	assertNoAllocs(t, "Decode IPv6 with extension headers", func() { _ = p.Decode(v6) })
 	assertNoAllocs(t, "Decode error", func() { _ = p.Decode(bad) })
+	_ = p.Decode(v4)
+	assertNoAllocs(t, "Ports", func() { _, _, _ = p.Ports(v4) })
 
 	buf := make([]byte, BufSize)
 	assertNoAllocs(t, "PutPrefix", func() { _, _ = PutPrefix(buf, Headroom, 1<<40, 0) })

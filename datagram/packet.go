@@ -203,3 +203,26 @@ walk:
 	p.HdrLen = off
 	return nil
 }
+
+// IP protocol numbers with 16-bit source and destination ports first in
+// their header.
+const (
+	protoTCP = 6
+	protoUDP = 17
+)
+
+// Ports returns the TCP or UDP source and destination ports of the packet
+// b that p was decoded from (p.Decode(b) returned nil). ok is false when
+// the packet is neither TCP nor UDP, is a non-initial fragment (its
+// transport header is in another packet), or is too short to hold the
+// two ports. Ports does not retain b and does not allocate.
+func (p *Packet) Ports(b []byte) (src, dst uint16, ok bool) {
+	if p.Proto != protoTCP && p.Proto != protoUDP || p.FragOffset != 0 {
+		return 0, 0, false
+	}
+	if p.HdrLen+4 > p.Len || p.Len > len(b) {
+		return 0, 0, false
+	}
+	h := b[p.HdrLen : p.HdrLen+4]
+	return binary.BigEndian.Uint16(h[0:2]), binary.BigEndian.Uint16(h[2:4]), true
+}

@@ -135,10 +135,53 @@ func FuzzDecode(f *testing.F) {
 		if p.FragOffset != 0 && !p.Fragment {
 			t.Fatalf("FragOffset without Fragment: %+v", p)
 		}
+		if sp, dp, ok := p.Ports(b); ok {
+			if p.Proto != 6 && p.Proto != 17 || p.FragOffset != 0 || p.HdrLen+4 > p.Len {
+				t.Fatalf("Ports ok for %+v", p)
+			}
+			if want := uint16(b[p.HdrLen])<<8 | uint16(b[p.HdrLen+1]); sp != want {
+				t.Fatalf("source port %d, want %d", sp, want)
+			}
+			if want := uint16(b[p.HdrLen+2])<<8 | uint16(b[p.HdrLen+3]); dp != want {
+				t.Fatalf("destination port %d, want %d", dp, want)
+			}
+		}
 		// Decoding only the packet's own bytes gives the same result.
 		var q Packet
 		if err := q.Decode(b[:p.Len]); err != nil || q != p {
 			t.Fatalf("re-decoding b[:Len]: %v %+v vs %+v", err, q, p)
 		}
 	})
+}
+
+func TestPorts(t *testing.T) {
+	tcp := udpPayload(4) // the first 4 bytes are the ports either way
+	for _, tt := range []struct {
+		name     string
+		pkt      []byte
+		src, dst uint16
+		ok       bool
+	}{
+		{"ipv4 udp", buildV4(v4opts{proto: 17, payload: udpPayload(4)}), 40000, 53, true},
+		{"ipv4 tcp with options", buildV4(v4opts{proto: 6, options: []byte{1, 1, 1, 0}, payload: tcp}), 40000, 53, true},
+		{"ipv4 icmp", buildV4(v4opts{proto: 1, payload: icmpMsg(8, 4)}), 0, 0, false},
+		{"ipv4 first fragment", buildV4(v4opts{proto: 17, mf: true, payload: udpPayload(4)}), 40000, 53, true},
+		{"ipv4 later fragment", buildV4(v4opts{proto: 17, fragOff: 8, payload: udpPayload(4)}), 0, 0, false},
+		{"ipv4 truncated transport header", buildV4(v4opts{proto: 6, payload: []byte{1, 2, 3}}), 0, 0, false},
+		{"ipv6 udp", buildV6(v6opts{proto: 17, payload: udpPayload(4)}), 40000, 53, true},
+		{"ipv6 tcp after extension headers", buildV6(v6opts{proto: 6, payload: tcp, exts: []ext{{typ: protoHopByHop, len: 8}, {typ: protoDestOpts, len: 16}}}), 40000, 53, true},
+		{"ipv6 later fragment", buildV6(v6opts{proto: 6, payload: tcp, exts: []ext{{typ: protoFragment, frag: 64}}}), 0, 0, false},
+		{"ipv6 icmpv6", buildV6(v6opts{proto: 58, payload: icmpMsg(128, 4)}), 0, 0, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var p Packet
+			if err := p.Decode(tt.pkt); err != nil {
+				t.Fatal(err)
+			}
+			src, dst, ok := p.Ports(tt.pkt)
+			if src != tt.src || dst != tt.dst || ok != tt.ok {
+				t.Fatalf("Ports = %d, %d, %v; want %d, %d, %v", src, dst, ok, tt.src, tt.dst, tt.ok)
+			}
+		})
+	}
 }

@@ -139,8 +139,17 @@ type sysctlSetting struct {
 }
 
 // setSysctl writes value to the sysctl file at path unless it already holds
-// it. It returns nil, nil when nothing had to change.
+// it. It returns nil, nil when nothing had to change. The file is read first
+// and opened for writing only when the value must change, so a preset value
+// works where /proc/sys is read-only (a container, ProtectKernelTunables).
 func setSysctl(path, value string) (*sysctlSetting, error) {
+	cur, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if string(bytes.TrimSpace(cur)) == value {
+		return nil, nil
+	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, err

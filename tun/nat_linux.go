@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"sync"
 
 	"github.com/google/nftables"
@@ -125,11 +126,15 @@ func (m *Masquerade) Close() error {
 // network namespace and returns it with a handle of that namespace, which
 // the caller closes after conn.
 func newNftConn() (*nftables.Conn, netns.NsHandle, error) {
+	// One thread for both: the handle names the namespace the socket is
+	// created in, without setns (which would need CAP_SYS_ADMIN).
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	ns, err := netns.Get()
 	if err != nil {
 		return nil, netns.None(), fmt.Errorf("get network namespace: %w", err)
 	}
-	conn, err := nftables.New(nftables.WithNetNSFd(int(ns)), nftables.AsLasting())
+	conn, err := nftables.New(nftables.AsLasting())
 	if err != nil {
 		ns.Close()
 		return nil, netns.None(), fmt.Errorf("open nftables netlink socket: %w", err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"syscall"
 
@@ -61,11 +62,14 @@ func InstallRouting(cfg RoutingConfig) (*Routing, error) {
 	if err != nil {
 		return nil, err
 	}
+	runtime.LockOSThread()
 	ns, err := netns.Get()
 	if err != nil {
+		runtime.UnlockOSThread()
 		return nil, fmt.Errorf("tun: routing: get network namespace: %w", err)
 	}
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	runtime.UnlockOSThread()
 	if err != nil {
 		ns.Close()
 		return nil, fmt.Errorf("tun: routing: open netlink socket: %w", err)

@@ -135,6 +135,10 @@ type Client struct {
 	pathDrops  atomic.Uint64 // sends lost to a path that was down (see isPathDown)
 	migrations atomic.Uint64
 	reconnects atomic.Uint64
+	flowsOpen  atomic.Int64 // flows open now (flow mode); see countedFlow
+
+	status clientStatus               // for Status
+	sup    atomic.Pointer[supervisor] // the running tunnel's supervisor; nil outside Run
 }
 
 // NewClient validates cfg.
@@ -159,7 +163,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{cfg: cfg, log: log.With("component", "client"), sessions: tls.NewLRUClientSessionCache(4)}, nil
+	c := &Client{cfg: cfg, log: log.With("component", "client"), sessions: tls.NewLRUClientSessionCache(4)}
+	c.status.set(stateConnecting)
+	return c, nil
 }
 
 // Stats returns the client's live packet counters.
@@ -202,6 +208,7 @@ func deviceAddress(p netip.Prefix) netip.Prefix {
 // device and every connection and socket before returning.
 func (c *Client) Run(ctx context.Context) error {
 	start := time.Now()
+	c.status.set(stateConnecting)
 	setupCtx, cancelSetup := context.WithTimeout(ctx, c.cfg.SetupTimeout)
 	l, err := c.connect(setupCtx, nil)
 	cancelSetup()
@@ -246,6 +253,12 @@ func (c *Client) Run(ctx context.Context) error {
 	defer dev.Close()
 	c.log.Info("tunnel up", "server", c.cfg.Server, "addresses", info.Addresses, "routes", info.Routes,
 		"mtu", info.MTU, "mode", mode, "setup", time.Since(start).Round(time.Millisecond))
+	c.status.mu.Lock()
+	c.status.info = &info
+	c.status.mu.Unlock()
+	c.status.set(stateConnected)
+	c.sup.Store(s)
+	defer c.sup.Store(nil)
 	if c.cfg.OnReady != nil {
 		c.cfg.OnReady(info)
 	}

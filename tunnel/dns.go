@@ -17,7 +17,7 @@ func (s *Server) checkDNS() error {
 			return fmt.Errorf("tunnel: ServerConfig.DNS[%d]: %v is not a usable resolver address; want a plain IPv4 or IPv6 address such as 100.96.0.1", i, a)
 		}
 	}
-	if out := dnsOutside(s.cfg.DNS, s.routes); len(out) > 0 {
+	if out := dnsOutside(s.cfg.DNS, s.auth.Load().routes); len(out) > 0 {
 		s.log.Warn("DNS servers outside the advertised routes: clients will reach them outside the tunnel", "dns", out, "routes", s.cfg.Routes)
 	}
 	return nil
@@ -36,14 +36,19 @@ func dnsOutside(dns []netip.Addr, rs routeSet) []netip.Addr {
 }
 
 // appendDNS appends the session's DNS_ASSIGN to b, if the server has DNS
-// servers, and warns when the session's routes do not reach some of them.
+// servers, and warns when the session's policy (its identity's routes and
+// ports) does not let DNS reach some of them.
 func (sess *session) appendDNS(b []byte) ([]byte, error) {
 	dns := sess.srv.cfg.DNS
 	if len(dns) == 0 {
 		return b, nil
 	}
-	if out := dnsOutside(dns, sess.routes); len(out) > 0 && len(dnsOutside(dns, sess.srv.routes)) == 0 {
+	pol := sess.pol.Load()
+	if out := dnsOutside(dns, pol.routes); len(out) > 0 && len(dnsOutside(dns, sess.srv.auth.Load().routes)) == 0 {
 		sess.log.Warn("DNS servers outside this session's routes: the client will reach them outside the tunnel", "dns", out)
+	}
+	if !pol.id.AllowsPort(53) {
+		sess.log.Warn("this session's token does not allow port 53: the pushed DNS servers will not answer it", "dns", dns)
 	}
 	c := capsule.DNSAssignFor(dns)
 	b, err := c.Append(b)

@@ -47,6 +47,8 @@ type testServerOpts struct {
 	// gatewayLoopback maps flows to the gateway to loopback, as the
 	// userspace NAT does for packets.
 	gatewayLoopback bool
+	// auth, if set, replaces the tokens file (testToken) as ServerConfig.Auth.
+	auth Authenticator
 	// dns is ServerConfig.DNS; dnsForward the userspace NAT's Config.DNS.
 	dns        []netip.Addr
 	dnsForward netip.AddrPort
@@ -93,6 +95,7 @@ func startTestServerWith(t *testing.T, o testServerOpts) *testServer {
 	srv, err := NewServer(ServerConfig{
 		TLS:        tlsConfigFor(cert),
 		Tokens:     tokens,
+		Auth:       o.auth,
 		Pool4:      pool4,
 		Pool6:      pool6,
 		Routes:     o.routes,
@@ -398,20 +401,26 @@ func rawSessionOn(t *testing.T, pc net.PacketConn, server string, pin [32]byte) 
 // without a device; everything is closed at the end of the test.
 func linkOn(t *testing.T, pc net.PacketConn, server string, pin [32]byte) *link {
 	t.Helper()
-	c, err := NewClient(ClientConfig{Server: server, Token: testToken, Pin: &pin,
-		ListenPacket: func(netip.Addr) (net.PacketConn, error) { return pc, nil },
-		NewDevice:    func(DeviceConfig) (datagram.Device, error) { return nil, errors.New("unused") }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	l, err := c.connect(ctx, nil)
+	l, err := linkWithToken(pc, server, pin, testToken)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.close("test over") })
 	return l
+}
+
+// linkWithToken is linkOn with another token, returning the setup error;
+// the caller closes the link.
+func linkWithToken(pc net.PacketConn, server string, pin [32]byte, token string) (*link, error) {
+	c, err := NewClient(ClientConfig{Server: server, Token: token, Pin: &pin,
+		ListenPacket: func(netip.Addr) (net.PacketConn, error) { return pc, nil },
+		NewDevice:    func(DeviceConfig) (datagram.Device, error) { return nil, errors.New("unused") }})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return c.connect(ctx, nil)
 }
 
 // TestSpoofedSource: a datagram whose source is not the session's address

@@ -12,6 +12,8 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -81,17 +83,14 @@ func resetErr(err error) error {
 	return err
 }
 
-// flowAllow is the server's destination policy for flows: what packets may
-// reach (the advertised routes) minus loopback, link-local, multicast and
-// the like (flow.DenySpecial).
-func (s *Server) flowAllow(dst netip.AddrPort) error {
-	if err := flow.DenySpecial(dst.Addr()); err != nil {
-		return err
-	}
-	if !s.routes.allows(dst.Addr(), 6) {
-		return fmt.Errorf("destination %v is outside the server's routes", dst.Addr())
-	}
-	return nil
+// flowDialer returns the server's dialer with pol's destination policy:
+// what packets of the same identity may reach (the server's routes ∩ the
+// identity's routes and ports) minus loopback, link-local, multicast and
+// the like (flow.DenySpecial); see policy.allowFlow.
+func (s *Server) flowDialer(pol *policy) *flow.Dialer {
+	d := s.dialer
+	d.Allow = pol.allowFlow
+	return &d
 }
 
 // flowDial dials a flow's destination. The pools' gateway addresses are
@@ -134,10 +133,13 @@ type flowReply interface {
 // serveFlow is one flow, whatever transport it came on: it checks the
 // destination authority ("host:port", a name resolved here or an IP
 // literal), takes a slot of lim (waiting while ctx lasts), dials with the
-// server's policy (flowAllow) and dialer (flowDial), answers through rep,
-// and splices the stream and the TCP connection until both are done or
-// spliceCtx ends. Every outcome is counted in the server's stats.
-func (s *Server) serveFlow(ctx, spliceCtx context.Context, lim *flow.Limiter, owner, transport, authority string, rep flowReply) {
+// identity's policy pol (see flowDialer) and the server's dialer
+// (flowDial), answers through rep (a policy refusal is
+// destination_ip_prohibited), and splices the stream and the TCP
+// connection until both are done or spliceCtx ends. Every outcome is
+// counted in the server's stats.
+func (s *Server) serveFlow(ctx, spliceCtx context.Context, lim *flow.Limiter, pol *policy, transport, authority string, rep flowReply) {
+	owner := pol.id.Owner
 	if _, _, err := flow.ParseHostPort(authority); err != nil {
 		s.refuseFlow(rep, owner, transport, authority, &flow.Error{Kind: flow.Other, Dst: authority, Err: err}, true)
 		return
@@ -147,7 +149,7 @@ func (s *Server) serveFlow(ctx, spliceCtx context.Context, lim *flow.Limiter, ow
 		return
 	}
 	defer lim.Release()
-	conn, dst, err := s.dialer.DialHostPort(ctx, authority)
+	conn, dst, err := s.flowDialer(pol).DialHostPort(ctx, authority)
 	if err != nil {
 		s.refuseFlow(rep, owner, transport, authority, err, false)
 		return
@@ -185,17 +187,67 @@ func (s *Server) refuseFlow(rep flowReply, owner, transport, authority string, e
 // replay) and hands the flow to serveFlow with the connection's flow
 // limiter; failures are answered with the status and Proxy-Status (RFC
 // 9209) the client maps to a local outcome (RST, ICMP unreachable).
+//
+// Each flow is authenticated on its own (its request carries the token)
+// and lives while its token does: a Reload that no longer accepts the
+// token, or the token's expiry, ends it.
 func (s *Server) handleFlow(w http.ResponseWriter, r *http.Request) {
-	owner, ok := s.authenticate(r)
+	a, ok := s.authenticate(w, r)
 	if !ok {
-		w.WriteHeader(http.StatusUnauthorized)
 		return
 	}
 	cs := s.afterHandshake(w, r)
 	if cs == nil {
 		return
 	}
-	s.serveFlow(r.Context(), s.serverCtx(), cs.flowLimiter(s.cfg.MaxFlows), owner, "h3", r.Host, h3FlowReply{w})
+	ctx, cancel := context.WithCancelCause(s.serverCtx())
+	defer cancel(nil)
+	lf := &liveFlow{token: a.token, authSt: a.st, cancel: cancel}
+	lf.expiry = newExpiryTimer(func() { cancel(errTokenExpired) })
+	defer lf.expiry.stop()
+	if !s.addFlow(lf, &a) {
+		// A reload came in between and refuses the token now.
+		s.refuseFlow(h3FlowReply{w}, a.id.Owner, "h3", r.Host, &flow.Error{Kind: flow.Prohibited, Dst: r.Host, Err: errors.New("token no longer accepted")}, false)
+		return
+	}
+	defer s.removeFlow(lf)
+	pol := newPolicy(a.id, a.st.routes, nil)
+	s.serveFlow(r.Context(), ctx, cs.flowLimiter(s.cfg.MaxFlows), pol, "h3", r.Host, h3FlowReply{w})
+}
+
+// liveFlow is a native flow as Reload sees it: its token, and how to end
+// it.
+type liveFlow struct {
+	token  string
+	authSt *authState // guarded by Server.mu
+	cancel context.CancelCauseFunc
+	expiry *expiryTimer
+}
+
+// addFlow registers a flow for Reload and arms its expiry. If a reload
+// swapped the Authenticator after the flow's request was verified, the
+// token is verified again here and a is updated; false means it is no
+// longer accepted.
+func (s *Server) addFlow(lf *liveFlow, a *authResult) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur := s.auth.Load(); cur != a.st {
+		id, err := verify(cur, lf.token, time.Now())
+		if err != nil {
+			return false
+		}
+		a.id, a.st = id, cur
+	}
+	lf.authSt = a.st
+	lf.expiry.set(a.id.Expires)
+	s.flows[lf] = struct{}{}
+	return true
+}
+
+func (s *Server) removeFlow(lf *liveFlow) {
+	s.mu.Lock()
+	delete(s.flows, lf)
+	s.mu.Unlock()
 }
 
 // serverCtx is Serve's context (Background before Serve).
@@ -278,5 +330,62 @@ func (s *supervisor) openFlow(ctx context.Context, src, dst netip.AddrPort) (flo
 		}
 		return nil, &flow.Error{Kind: kind, Dst: dst.String(), Err: fmt.Errorf("server answered %s", resp.Status)}
 	}
-	return &flowStream{s: str}, nil
+	return newCountedFlow(&flowStream{s: str}, &s.c.flowsOpen), nil
+}
+
+// countedFlow counts a client flow in open from its start until it is
+// done: aborted, or its read side has ended (EOF or error) and its write
+// side too (CloseWrite, or a failed Write).
+type countedFlow struct {
+	flow.Stream
+	open *atomic.Int64
+
+	mu                  sync.Mutex
+	readDone, writeDone bool // guarded by mu
+	done                bool // guarded by mu: open was decremented
+}
+
+func newCountedFlow(s flow.Stream, open *atomic.Int64) *countedFlow {
+	open.Add(1)
+	return &countedFlow{Stream: s, open: open}
+}
+
+// mark records that one side ended (or both) and uncounts the flow once
+// both have.
+func (f *countedFlow) mark(read, write bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.readDone = f.readDone || read
+	f.writeDone = f.writeDone || write
+	if f.readDone && f.writeDone && !f.done {
+		f.done = true
+		f.open.Add(-1)
+	}
+}
+
+func (f *countedFlow) Read(p []byte) (int, error) {
+	n, err := f.Stream.Read(p)
+	if err != nil {
+		f.mark(true, false)
+	}
+	return n, err
+}
+
+func (f *countedFlow) Write(p []byte) (int, error) {
+	n, err := f.Stream.Write(p)
+	if err != nil {
+		f.mark(false, true)
+	}
+	return n, err
+}
+
+func (f *countedFlow) CloseWrite() error {
+	err := f.Stream.CloseWrite()
+	f.mark(false, true)
+	return err
+}
+
+func (f *countedFlow) Abort() {
+	f.Stream.Abort()
+	f.mark(true, true)
 }

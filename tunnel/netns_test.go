@@ -276,14 +276,21 @@ func TestNetnsKernelNAT(t *testing.T) {
 	pin := strings.TrimSpace(string(must(os.ReadFile(filepath.Join(state, "pin")))))
 	// The same checks in both client modes: packet (everything as
 	// datagrams) and flow (TCP as streams the server dials, the rest as
-	// datagrams).
-	for _, mode := range []string{"packet", "flow"} {
+	// datagrams), flow on gVisor and on the system stack.
+	for _, mode := range []string{"packet", "flow", "flow-system"} {
 		ok := t.Run(mode, func(t *testing.T) {
-			cli := tp.start(tp.c, bin, "client", "--server", "10.231.1.1:4433", "--token", testToken, "--pin", pin, "--mode", mode)
+			args := []string{"client", "--server", "10.231.1.1:4433", "--token", testToken, "--pin", pin, "--mode", mode}
+			if mode == "flow-system" {
+				args = append(args[:len(args)-1], "flow", "--stack", "system")
+			}
+			cli := tp.start(tp.c, append([]string{bin}, args...)...)
 			waitFor(t, "the client's tunnel", 10*time.Second, func() bool {
 				out, _ := exec.Command("ip", "-n", tp.c, "-o", "addr", "show", "dev", "roam0").Output()
 				return strings.Contains(string(out), "100.96.") && strings.Contains(cli.out.String(), "tunnel up")
 			})
+			if mode == "flow-system" && !strings.Contains(cli.out.String(), "system stack started") {
+				t.Fatalf("the client did not start the system stack:\n%s", cli.out.String())
+			}
 			// The client's tunnel address, for the NAT check below.
 			addrOut := run(t, "ip", "-n", tp.c, "-o", "-4", "addr", "show", "dev", "roam0")
 			tunAddr := strings.Split(strings.Fields(addrOut)[3], "/")[0]

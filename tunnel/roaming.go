@@ -120,6 +120,7 @@ func (s *supervisor) run(ctx context.Context, l *link) error {
 		}
 		s.setLink(nil)
 		s.setCurrent(nil)
+		c.status.set(stateReconnecting)
 		l.close("reconnecting: " + le.reason)
 		c.log.Warn("connection lost", "reason", le.reason)
 		lostAt := time.Now()
@@ -135,6 +136,7 @@ func (s *supervisor) run(ctx context.Context, l *link) error {
 		s.adopt(l)
 		s.setLink(l.dl)
 		s.setCurrent(l)
+		c.status.set(stateConnected)
 		cs := l.conn.ConnectionState()
 		c.log.Info("reconnected", "reason", le.reason, "took", time.Since(lostAt).Round(time.Millisecond),
 			"attempts", attempts, "resumed", cs.TLS.DidResume, "0rtt", cs.Used0RTT, "addresses", s.state.Load().addrs)

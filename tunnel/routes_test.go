@@ -83,7 +83,8 @@ func lastAddr(p netip.Prefix) netip.Addr {
 }
 
 func TestScopeRoutes(t *testing.T) {
-	s := &Server{routes: routesFromPrefixes(pfx("0.0.0.0/0", "::/0"))}
+	s := &Server{}
+	st := &authState{routes: routesFromPrefixes(pfx("0.0.0.0/0", "::/0"))}
 	tests := []struct {
 		path    string
 		want    []netip.Prefix
@@ -104,7 +105,8 @@ func TestScopeRoutes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			rs, err := s.scopeRoutes(&http.Request{URL: u})
+			scope, err := s.requestScope(&http.Request{URL: u}, st)
+			rs := intersect(st.routes, scope)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
 			}

@@ -35,13 +35,19 @@ type ServerConfig struct {
 	// TLS holds the server certificate. Required. The server sets
 	// NextProtos to "h3" on its own copy.
 	TLS *tls.Config
-	// Tokens are the accepted bearer tokens. Required.
+	// Auth verifies the clients' bearer tokens and says what each may
+	// reach (auth.Identity: routes, ports, expiry). Usually an
+	// *auth.Authenticator. If nil, an auth.Authenticator of Tokens is
+	// used. One of Auth and Tokens is required. Reload replaces it.
+	Auth Authenticator
+	// Tokens are the accepted plain bearer tokens, used when Auth is nil.
 	Tokens *auth.Tokens
 	// Pool4 and Pool6 lease the clients' tunnel addresses. Both required:
 	// every session is dual-stack.
 	Pool4, Pool6 *addrpool.Pool
 	// Routes are advertised to clients and enforced on their packets'
-	// destinations. Nil means DefaultRoutes (everything).
+	// and flows' destinations, intersected with each identity's own
+	// routes. Nil means DefaultRoutes (everything). Reload replaces them.
 	Routes []netip.Prefix
 	// DNS are the resolvers pushed to clients in a DNS_ASSIGN capsule
 	// (draft-ietf-masque-connect-ip-dns, see docs/protocol.md), after the
@@ -131,8 +137,16 @@ type ServerStats struct {
 	SessionsTotal atomic.Uint64
 	// SessionsActive is the number of live sessions.
 	SessionsActive atomic.Int64
-	// AuthFailures counts requests rejected with 401.
+	// AuthFailures counts requests (and browser HELLOs) rejected for their
+	// credentials (401).
 	AuthFailures atomic.Uint64
+	// AuthRateLimited counts requests answered 429 without verifying,
+	// their source having failed too often (see authLimitFailures).
+	AuthRateLimited atomic.Uint64
+	// SessionsRevoked counts live sessions (CONNECT-IP and browser) ended
+	// by a reload because their token was no longer accepted, and
+	// SessionsExpired those ended when their token expired.
+	SessionsRevoked, SessionsExpired atomic.Uint64
 	// DropNoSession counts packets from the device for an address with no
 	// session, and datagrams for a stream with no session.
 	DropNoSession atomic.Uint64
@@ -164,7 +178,7 @@ type Server struct {
 	log    *slog.Logger
 	keys   *serverKeys
 	dialer flow.Dialer
-	routes routeSet
+	auth   atomic.Pointer[authState] // the Authenticator and routes; swapped by Reload
 	writer *datagram.Writer
 	h3     *http3.Server
 	wt     *webtransport.Server
@@ -183,13 +197,19 @@ type Server struct {
 	webSessions map[*webSession]struct{} // live browser sessions; guarded by webMu
 	webClosing  bool                     // Serve is stopping; guarded by webMu
 
-	mu    sync.Mutex                              // serializes table updates
-	table atomic.Pointer[map[netip.Addr]*session] // copy-on-write; guarded by mu for writes
-	conns sync.Map                                // *quic.Conn -> *connState
-	wg    sync.WaitGroup                          // connection goroutines
-	ready chan struct{}                           // closed when Serve listens
-	addr  atomic.Pointer[net.Addr]                // listening address
-	ctx   atomic.Pointer[context.Context]         // Serve's context, for sessions
+	limiter  *authLimiter
+	reloadMu sync.Mutex // serializes Reload
+	started  atomic.Pointer[time.Time]
+
+	mu       sync.Mutex                              // serializes table updates
+	table    atomic.Pointer[map[netip.Addr]*session] // copy-on-write; guarded by mu for writes
+	sessions map[*session]struct{}                   // live CONNECT-IP sessions; guarded by mu
+	flows    map[*liveFlow]struct{}                  // live native flows; guarded by mu
+	conns    sync.Map                                // *quic.Conn -> *connState
+	wg       sync.WaitGroup                          // connection goroutines
+	ready    chan struct{}                           // closed when Serve listens
+	addr     atomic.Pointer[net.Addr]                // listening address
+	ctx      atomic.Pointer[context.Context]         // Serve's context, for sessions
 }
 
 type ctxKey struct{}
@@ -199,8 +219,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	switch {
 	case cfg.TLS == nil:
 		return nil, errors.New("tunnel: ServerConfig.TLS is required")
-	case cfg.Tokens == nil:
-		return nil, errors.New("tunnel: ServerConfig.Tokens is required")
+	case isNilAuth(cfg.Auth) && cfg.Tokens == nil:
+		return nil, errors.New("tunnel: ServerConfig.Auth or ServerConfig.Tokens is required")
 	case cfg.Pool4 == nil || cfg.Pool6 == nil:
 		return nil, errors.New("tunnel: ServerConfig.Pool4 and Pool6 are required")
 	case cfg.Device == nil:
@@ -209,9 +229,14 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.SessionQueue <= 0 {
 		cfg.SessionQueue = 1024
 	}
-	if cfg.Routes == nil {
-		cfg.Routes = DefaultRoutes
+	if isNilAuth(cfg.Auth) {
+		cfg.Auth = auth.NewAuthenticator(auth.AuthenticatorConfig{Tokens: cfg.Tokens})
 	}
+	routes, err := checkRoutes(cfg.Routes)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: ServerConfig.Routes: %w", err)
+	}
+	cfg.Routes = routes
 	if cfg.LeaseGrace == 0 {
 		cfg.LeaseGrace = DefaultLeaseGrace
 	}
@@ -248,21 +273,24 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{
-		cfg:    cfg,
-		log:    log.With("component", "server"),
-		keys:   keys,
-		routes: routesFromPrefixes(cfg.Routes),
-		ready:  make(chan struct{}),
+		cfg:   cfg,
+		log:   log.With("component", "server"),
+		keys:  keys,
+		ready: make(chan struct{}),
 
 		origins: origins,
 		certs:   certs,
 
 		helloTimeout: webHelloTimeout,
 	}
+	s.auth.Store(&authState{auth: cfg.Auth, routes: routesFromPrefixes(cfg.Routes)})
 	if err := s.checkDNS(); err != nil {
 		return nil, err
 	}
-	s.dialer = flow.Dialer{Allow: s.flowAllow, Dial: s.flowDial}
+	s.limiter = newAuthLimiter(s.log)
+	s.sessions = make(map[*session]struct{})
+	s.flows = make(map[*liveFlow]struct{})
+	s.dialer = flow.Dialer{Dial: s.flowDial} // Allow is set per flow (its identity's policy)
 	s.writer = datagram.NewWriter(cfg.Device, &s.stats.Stats, 4096)
 	empty := map[netip.Addr]*session{}
 	s.table.Store(&empty)
@@ -337,6 +365,9 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	}
 	addr := ln.Addr()
 	s.addr.Store(&addr)
+	now := time.Now()
+	s.started.Store(&now)
+	defer s.limiter.stop()
 	var tln net.Listener
 	if !s.cfg.DisableWeb {
 		tln = s.listenTCP(addr) // nil if the port is taken: QUIC goes on
@@ -497,10 +528,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// scopeRoutes applies the request's {target} and {ipproto} (RFC 9484 §3) to
-// the server's routes. target is "*", an IP address or an IP prefix
-// (percent-encoded slash); ipproto is "*" or 0..255.
-func (s *Server) scopeRoutes(r *http.Request) (routeSet, error) {
+// requestScope parses the request's {target} and {ipproto} (RFC 9484 §3)
+// into the routes the client asks for, and checks that some of the
+// server's routes are in them. target is "*", an IP address or an IP
+// prefix (percent-encoded slash); ipproto is "*" or 0..255.
+func (s *Server) requestScope(r *http.Request, st *authState) (routeSet, error) {
 	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), WellKnownPath)
 	if !ok {
 		return nil, fmt.Errorf("path must be %s{target}/{ipproto}/", WellKnownPath)
@@ -541,24 +573,28 @@ func (s *Server) scopeRoutes(r *http.Request) (routeSet, error) {
 		}
 		scope = routeSet{{prefix: pfx.Masked(), proto: proto}}
 	}
-	rs := intersect(s.routes, scope)
-	if len(rs) == 0 {
+	if len(intersect(st.routes, scope)) == 0 {
 		return nil, fmt.Errorf("target %q ipproto %q is outside the server's routes", target, ipproto)
 	}
-	return rs, nil
+	return scope, nil
 }
 
 func (s *Server) handleConnectIP(w http.ResponseWriter, r *http.Request) {
 	remote := r.RemoteAddr
-	owner, ok := s.authenticate(r)
+	a, ok := s.authenticate(w, r)
 	if !ok {
-		w.WriteHeader(http.StatusUnauthorized)
 		return
 	}
-	routes, err := s.scopeRoutes(r)
+	owner := a.id.Owner
+	scope, err := s.requestScope(r, a.st)
 	if err != nil {
 		s.log.Info("rejected tunnel request", "remote", remote, "err", err)
 		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if pol := newPolicy(a.id, a.st.routes, scope); len(pol.routes) == 0 {
+		s.log.Info("rejected tunnel request: the token allows none of the requested routes", "remote", remote, "client", owner, "user", a.id.User)
+		http.Error(w, "the token allows none of the requested routes", http.StatusForbidden)
 		return
 	}
 	cs := s.afterHandshake(w, r)
@@ -590,23 +626,86 @@ func (s *Server) handleConnectIP(w http.ResponseWriter, r *http.Request) {
 	w.(http.Flusher).Flush()
 	str := w.(http3.HTTPStreamer).HTTPStream()
 
-	sess := newSession(s, cs, str, owner, routes)
+	sess := newSession(s, cs, str, a, scope)
 	sess.addrs.Store(&addrSet{v4: a4, v6: a6})
 	sess.run(s.serverCtx(), remote)
 }
 
-// authenticate checks the request's bearer token and returns its owner
-// (the token ID). A failure is counted and logged.
-func (s *Server) authenticate(r *http.Request) (owner string, ok bool) {
+// authResult is a verified request's credentials.
+type authResult struct {
+	id    auth.Identity
+	token string     // as presented: kept in memory to re-authenticate on Reload
+	st    *authState // what it was verified under
+}
+
+// authenticate checks the request's bearer token. On failure it answers
+// the request itself: 429 without verifying when the source has failed
+// too often (see authLimiter), else 401 with no body, the same for a
+// missing, unknown, badly signed, expired or revoked token, so a client
+// never learns which. Failures are counted, and logged once a window.
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (authResult, bool) {
+	if s.limiter.blocked(r.RemoteAddr) {
+		s.stats.AuthRateLimited.Add(1)
+		w.Header().Set("Retry-After", strconv.Itoa(int(authLimitWindow/time.Second)))
+		w.WriteHeader(http.StatusTooManyRequests)
+		return authResult{}, false
+	}
+	st := s.auth.Load()
 	token, ok := auth.ParseBearer(r.Header.Get("Authorization"))
+	var id auth.Identity
+	err := errors.New("no bearer token")
 	if ok {
-		owner, ok = s.cfg.Tokens.Verify(token)
+		id, err = verify(st, token, time.Now())
 	}
-	if !ok {
-		s.stats.AuthFailures.Add(1)
-		s.log.Info("rejected request: bad or missing token", "remote", r.RemoteAddr, "method", r.Method, "protocol", r.Proto)
+	if err != nil {
+		s.authFailed(r.RemoteAddr, err, "method", r.Method, "protocol", r.Proto)
+		w.WriteHeader(http.StatusUnauthorized)
+		return authResult{}, false
 	}
-	return owner, ok
+	return authResult{id: id, token: token, st: st}, true
+}
+
+// verify authenticates token under st at now; an identity that has
+// expired already is refused too (whatever the Authenticator says).
+func verify(st *authState, token string, now time.Time) (auth.Identity, error) {
+	id, err := st.auth.Authenticate(token, now)
+	if err == nil && !id.Expires.IsZero() && !now.Before(id.Expires) {
+		err = fmt.Errorf("%w: the token expired at %v", auth.ErrUnauthorized, id.Expires.UTC().Format(time.RFC3339))
+	}
+	return id, err
+}
+
+// authFailed counts a failed authentication from remote; the reason is
+// logged at debug level only (the summary line of authLimiter is the
+// record).
+func (s *Server) authFailed(remote string, err error, attrs ...any) {
+	s.stats.AuthFailures.Add(1)
+	s.limiter.failed(remote)
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("rejected request: bad credentials", append([]any{"remote", remote, "err", err}, attrs...)...)
+	}
+}
+
+// isNilAuth reports whether a is nil or a nil *auth.Authenticator.
+func isNilAuth(a Authenticator) bool {
+	if a == nil {
+		return true
+	}
+	p, ok := a.(*auth.Authenticator)
+	return ok && p == nil
+}
+
+// checkRoutes validates configured routes (nil: DefaultRoutes).
+func checkRoutes(ps []netip.Prefix) ([]netip.Prefix, error) {
+	if ps == nil {
+		return DefaultRoutes, nil
+	}
+	for i, p := range ps {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("route %d is not a valid prefix; expected CIDR like 10.0.0.0/8 or ::/0", i)
+		}
+	}
+	return ps, nil
 }
 
 // setAddrsLocked points the table at sess for its current addresses and

@@ -50,13 +50,25 @@ type outPkt struct {
 
 // session is one CONNECT-IP tunnel on the server.
 type session struct {
-	srv    *Server
-	cs     *connState
-	str    capsuleStream
-	qsid   uint64
-	owner  string
-	routes routeSet
-	log    *slog.Logger
+	srv   *Server
+	cs    *connState
+	str   capsuleStream
+	qsid  uint64
+	owner string   // the identity's Owner at setup: keys the address leases
+	token string   // as presented, to re-authenticate on Reload
+	scope routeSet // the request's {target}/{ipproto}
+	since time.Time
+	log   *slog.Logger
+
+	// pol is the session's identity and what it may reach; loaded once
+	// per packet, replaced by Reload. authSt is the authState pol was
+	// made under (guarded by srv.mu).
+	pol    atomic.Pointer[policy]
+	authSt *authState
+	expiry *expiryTimer
+
+	wmu     sync.Mutex // serializes writes (and the close) of str
+	closing bool       // str was closed; guarded by wmu
 
 	addrs atomic.Pointer[addrSet]
 	out   chan outPkt
@@ -68,20 +80,57 @@ type session struct {
 	icmp []byte // scratch for ICMP too-big replies; used by the sender only
 }
 
-func newSession(s *Server, cs *connState, str capsuleStream, owner string, routes routeSet) *session {
+func newSession(s *Server, cs *connState, str capsuleStream, a authResult, scope routeSet) *session {
 	var qsid uint64
 	if ider, ok := str.(interface{ StreamID() quic.StreamID }); ok {
 		qsid = uint64(ider.StreamID()) / 4
 	}
-	return &session{
+	sess := &session{
 		srv:    s,
 		cs:     cs,
 		str:    str,
 		qsid:   qsid,
-		owner:  owner,
-		routes: routes,
+		owner:  a.id.Owner,
+		token:  a.token,
+		scope:  scope,
+		authSt: a.st,
 		out:    make(chan outPkt, s.cfg.SessionQueue),
 		icmp:   make([]byte, 0, 1280),
+	}
+	sess.pol.Store(newPolicy(a.id, a.st.routes, scope))
+	return sess
+}
+
+// reauth verifies the session's token again under st (a reload) and
+// installs the identity's new policy. It returns whether the advertised
+// routes changed, or why the session must end.
+func (sess *session) reauth(st *authState, now time.Time) (routesChanged bool, err error) {
+	id, err := verify(st, sess.token, now)
+	if err != nil {
+		return false, err
+	}
+	pol := newPolicy(id, st.routes, sess.scope)
+	if len(pol.routes) == 0 {
+		return false, errors.New("the token allows none of the session's routes any more")
+	}
+	old := sess.pol.Swap(pol)
+	sess.expiry.set(id.Expires)
+	return !sameRoutes(old, pol), nil
+}
+
+// advertiseRoutes sends the current policy's routes in a fresh
+// ROUTE_ADVERTISEMENT (after a reload changed them). Errors mean the
+// session is ending; they are not reported.
+func (sess *session) advertiseRoutes() {
+	adv := capsule.RouteAdvertisement{Ranges: sess.pol.Load().routes.ranges()}
+	b, err := adv.Append(nil)
+	if err != nil {
+		return
+	}
+	sess.wmu.Lock()
+	defer sess.wmu.Unlock()
+	if !sess.closing && sess.ctx.Err() == nil {
+		sess.str.Write(b)
 	}
 }
 
@@ -99,17 +148,40 @@ func (sess *session) run(ctx context.Context, remote string) {
 	stop := context.AfterFunc(sess.cs.conn.Context(), func() { sess.end(context.Cause(sess.cs.conn.Context())) })
 	defer stop()
 	as := sess.addrs.Load()
+	sess.since = start
+	pol := sess.pol.Load()
 	sess.log = s.log.With("remote", remote, "client", sess.owner, "ipv4", as.v4, "ipv6", as.v6)
+	if pol.id.User != "" {
+		sess.log = sess.log.With("user", pol.id.User)
+	}
+	sess.expiry = newExpiryTimer(func() {
+		s.stats.SessionsExpired.Add(1)
+		sess.end(errTokenExpired)
+	})
+	defer sess.expiry.stop()
+	sess.expiry.set(pol.id.Expires)
 
 	s.mu.Lock()
 	s.updateTableLocked(func(m map[netip.Addr]*session) {
 		m[as.v4] = sess
 		m[as.v6] = sess
 	})
+	s.sessions[sess] = struct{}{}
+	var reauthErr error
+	if cur := s.auth.Load(); cur != sess.authSt {
+		// A reload came between the request's authentication and here,
+		// and did not see this session: re-authenticate it ourselves.
+		sess.authSt = cur
+		_, reauthErr = sess.reauth(cur, time.Now())
+	}
 	s.mu.Unlock()
 	s.stats.SessionsTotal.Add(1)
 	s.stats.SessionsActive.Add(1)
 	sess.log.Info("session started")
+	if reauthErr != nil {
+		s.stats.SessionsRevoked.Add(1)
+		sess.end(fmt.Errorf("token no longer accepted after a reload: %w", reauthErr))
+	}
 
 	var loops sync.WaitGroup
 	loops.Go(sess.sendLoop)
@@ -131,7 +203,15 @@ func (sess *session) run(ctx context.Context, remote string) {
 	switch {
 	case errors.Is(err, io.EOF):
 		err = errClientClosed
-		sess.str.Close()
+		if sess.wmu.TryLock() {
+			sess.closing = true
+			sess.str.Close()
+			sess.wmu.Unlock()
+		} else {
+			// A route update is blocked writing to a client that does
+			// not read: no FIN after it, a reset.
+			sess.str.CancelWrite(errCodeRequestCancelled)
+		}
 	case errors.As(err, &capErr):
 		s.stats.CapsuleErrors.Add(1)
 		sess.str.CancelRead(errCodeMessageError)
@@ -165,6 +245,7 @@ func (sess *session) cleanup(reason error) {
 	}
 	var released []netip.Addr
 	s.mu.Lock()
+	delete(s.sessions, sess)
 	s.updateTableLocked(func(m map[netip.Addr]*session) {
 		for _, a := range []netip.Addr{as.v4, as.v6} {
 			if m[a] != sess {
@@ -355,7 +436,7 @@ func (sess *session) writeCapsules(rejected []capsule.AssignedAddress, withRoute
 		return fmt.Errorf("encoding ADDRESS_ASSIGN: %w", err)
 	}
 	if withRoutes {
-		adv := capsule.RouteAdvertisement{Ranges: sess.routes.ranges()}
+		adv := capsule.RouteAdvertisement{Ranges: sess.pol.Load().routes.ranges()}
 		if b, err = adv.Append(b); err != nil {
 			return fmt.Errorf("encoding ROUTE_ADVERTISEMENT: %w", err)
 		}
@@ -363,7 +444,10 @@ func (sess *session) writeCapsules(rejected []capsule.AssignedAddress, withRoute
 			return err
 		}
 	}
-	if _, err := sess.str.Write(b); err != nil {
+	sess.wmu.Lock()
+	_, err = sess.str.Write(b)
+	sess.wmu.Unlock()
+	if err != nil {
 		return fmt.Errorf("writing capsules: %w", err)
 	}
 	return nil
@@ -407,8 +491,13 @@ func (sess *session) fromClient(ctxID uint64, pkt []byte, p *datagram.Packet, ow
 		st.DropSrc.Add(1)
 		return
 	}
-	if !sess.routes.allows(p.Dst, p.Proto) {
+	switch sess.pol.Load().checkPacket(p, pkt) {
+	case datagram.NoDrop:
+	case datagram.DropReasonDst:
 		st.DropDst.Add(1)
+		return
+	default:
+		st.DropPolicy.Add(1)
 		return
 	}
 	sess.rxPackets.Add(1)

@@ -39,6 +39,7 @@ func serverCounterAttrs(st *ServerStats) []slog.Attr {
 		v    *atomic.Uint64
 	}{
 		{"sessions_total", &st.SessionsTotal}, {"auth_failures", &st.AuthFailures},
+		{"auth_rate_limited", &st.AuthRateLimited}, {"sessions_revoked", &st.SessionsRevoked}, {"sessions_expired", &st.SessionsExpired},
 		{"drop_no_session", &st.DropNoSession}, {"capsule_errors", &st.CapsuleErrors},
 		{"device_read_errors", &st.DeviceReadErrors},
 		{"flows_total", &st.FlowsTotal}, {"flows_refused", &st.FlowsRefused},

@@ -2,6 +2,8 @@ package tunnel
 
 import (
 	"net/netip"
+	"slices"
+	"sync"
 	"time"
 )
 
@@ -86,4 +88,112 @@ type PathStatus struct {
 	Local  string `json:"local"`
 	Remote string `json:"remote"`
 	Active bool   `json:"active"`
+}
+
+// Status returns a snapshot of the server and its live sessions (browser
+// sessions once their HELLO was accepted), oldest first. It is safe to
+// call concurrently with everything, before, during and after Serve; the
+// result is the caller's.
+func (s *Server) Status() ServerStatus {
+	st := ServerStatus{Version: s.cfg.Version, Sessions: []SessionStatus{}}
+	if a := s.Addr(); a != nil {
+		st.Listen = a.String()
+	}
+	if t := s.started.Load(); t != nil {
+		st.Started = *t
+	}
+	s.mu.Lock()
+	sessions := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		sessions = append(sessions, sess)
+	}
+	s.mu.Unlock()
+	for _, sess := range sessions {
+		as := sess.addrs.Load()
+		st.Sessions = append(st.Sessions, SessionStatus{
+			Kind:      "connect-ip",
+			Owner:     sess.owner,
+			User:      sess.pol.Load().id.User,
+			Remote:    sess.cs.conn.RemoteAddr().String(),
+			Addrs:     []netip.Addr{as.v4, as.v6},
+			Since:     sess.since,
+			RTT:       sess.cs.conn.ConnectionStats().SmoothedRTT,
+			TxPackets: sess.txPackets.Load(),
+			TxBytes:   sess.txBytes.Load(),
+			RxPackets: sess.rxPackets.Load(),
+			RxBytes:   sess.rxBytes.Load(),
+			Flows:     sess.cs.flowLimiter(s.cfg.MaxFlows).InUse(),
+		})
+	}
+	s.webMu.Lock()
+	for ws := range s.webSessions {
+		if !ws.admitted {
+			continue
+		}
+		st.Sessions = append(st.Sessions, SessionStatus{
+			Kind:   "webtransport",
+			Owner:  ws.owner,
+			User:   ws.pol.Load().id.User,
+			Remote: ws.cs.conn.RemoteAddr().String(),
+			Since:  ws.since,
+			RTT:    ws.cs.conn.ConnectionStats().SmoothedRTT,
+			Flows:  ws.cs.flowLimiter(s.cfg.MaxFlows).InUse(),
+		})
+	}
+	s.webMu.Unlock()
+	slices.SortStableFunc(st.Sessions, func(a, b SessionStatus) int { return a.Since.Compare(b.Since) })
+	return st
+}
+
+// Client states (ClientStatus.State).
+const (
+	stateConnecting   = "connecting"
+	stateConnected    = "connected"
+	stateReconnecting = "reconnecting"
+)
+
+// clientStatus is the part of ClientStatus the client updates as it goes.
+type clientStatus struct {
+	mu    sync.Mutex
+	state string    // guarded by mu
+	since time.Time // guarded by mu
+	info  *Info     // guarded by mu; the device's configuration once up
+}
+
+func (cs *clientStatus) set(state string) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.state != state {
+		cs.state, cs.since = state, time.Now()
+	}
+}
+
+// Status returns a snapshot of the client: its state, the tunnel's
+// addresses and routes, the current connection's path and RTT, and the
+// counters. It is safe to call concurrently with Run, before and after
+// it; the result is the caller's. Before Run it says "connecting" with
+// nothing else; after Run returns it keeps the last state and counters
+// but no paths.
+func (c *Client) Status() ClientStatus {
+	c.status.mu.Lock()
+	st := ClientStatus{Server: c.cfg.Server, State: c.status.state, Since: c.status.since}
+	if info := c.status.info; info != nil {
+		st.Addrs = slices.Clone(info.Addresses)
+		st.Routes = slices.Clone(info.Routes)
+	}
+	c.status.mu.Unlock()
+	if sup := c.sup.Load(); sup != nil {
+		if l := sup.cur.Load(); l != nil {
+			st.Paths = []PathStatus{{Local: l.conn.LocalAddr().String(), Remote: l.conn.RemoteAddr().String(), Active: true}}
+			st.RTT = l.conn.ConnectionStats().SmoothedRTT
+		}
+	}
+	st.Migrations = c.migrations.Load()
+	st.Reconnects = c.reconnects.Load()
+	st.Flows = int(c.flowsOpen.Load())
+	st.TxPackets = c.stats.TxPackets.Load()
+	st.TxBytes = c.stats.TxBytes.Load()
+	st.RxPackets = c.stats.RxPackets.Load()
+	st.RxBytes = c.stats.RxBytes.Load()
+	return st
 }

@@ -47,8 +47,9 @@ type webOpts struct {
 	helloTimeout time.Duration
 	routes       []netip.Prefix
 	maxFlows     int
-	udpAddr      string // listen here (default 127.0.0.1:0)
-	tcpRetries   int    // internal: new ports tried because TCP on the picked one was taken
+	udpAddr      string        // listen here (default 127.0.0.1:0)
+	tcpRetries   int           // internal: new ports tried because TCP on the picked one was taken
+	auth         Authenticator // if set, ServerConfig.Auth (else the tokens file of testToken)
 }
 
 // testAssets stands in for web.Assets (the browser client package, built
@@ -91,6 +92,7 @@ func startWebServerStoppable(t *testing.T, o webOpts) (*webTestServer, func()) {
 	cfg := ServerConfig{
 		TLS:             tlsConfigFor(cert),
 		Tokens:          tokens,
+		Auth:            o.auth,
 		Pool4:           pool4,
 		Pool6:           pool6,
 		Routes:          o.routes,

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/webtransport-go"
 
+	"github.com/roamvpn/roam/auth"
 	"github.com/roamvpn/roam/tunnel/flow"
 	"github.com/roamvpn/roam/tunnel/webproto"
 )
@@ -106,6 +109,14 @@ func (s *Server) handleWebTransport(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "origin not allowed", http.StatusForbidden)
 		return
 	}
+	if s.limiter.blocked(r.RemoteAddr) {
+		// Its source failed to authenticate too often: no session, so no
+		// HELLO to verify.
+		s.stats.AuthRateLimited.Add(1)
+		w.Header().Set("Retry-After", strconv.Itoa(int(authLimitWindow/time.Second)))
+		w.WriteHeader(http.StatusTooManyRequests)
+		return
+	}
 	cs := s.afterHandshake(w, r)
 	if cs == nil {
 		return
@@ -194,7 +205,18 @@ type webSession struct {
 	cancel context.CancelCauseFunc // ends ctx
 
 	authed chan struct{} // closed once the HELLO is verified
-	owner  string        // the token's ID; written before authed is closed
+	owner  string        // the token's ID; written (by admit) before authed is closed
+	token  string        // the HELLO's token; written (by admit) before authed is closed
+
+	// pol is the session's identity and what its flows may reach, set
+	// when the HELLO is verified and replaced by Reload. authSt (the
+	// authState pol was made under), admitted (pol is set: Reload
+	// re-authenticates the session) and since are guarded by srv.webMu.
+	pol      atomic.Pointer[policy]
+	authSt   *authState
+	admitted bool
+	since    time.Time
+	expiry   *expiryTimer
 
 	failed   chan struct{} // closed when fail starts ending the session
 	failOnce sync.Once
@@ -214,6 +236,12 @@ func (ws *webSession) run() {
 	stop := context.AfterFunc(ws.sess.Context(), func() { cancel(errWebSessionEnded) })
 	defer stop()
 	ws.ctx, ws.cancel = ctx, cancel
+	ws.expiry = newExpiryTimer(func() {
+		s.stats.SessionsExpired.Add(1)
+		s.log.Info("browser session expired", "client", ws.owner, "remote", ws.remote)
+		ws.fail(webproto.CodeUnauthorized, "the token expired")
+	})
+	defer ws.expiry.stop()
 	if !s.addWebSession(ws) {
 		ws.sess.CloseWithError(webCloseShutdown, webproto.CodeShutdown+": the server is shutting down")
 		return
@@ -296,28 +324,31 @@ func (ws *webSession) control(str *webtransport.Stream, token []byte) {
 		ws.fail(webproto.CodeProtocol, "a second HELLO")
 		return
 	}
-	owner, ok := s.cfg.Tokens.Verify(string(token))
+	st := s.auth.Load()
+	id, err := verify(st, string(token), time.Now())
 	if ws.ctx.Err() != nil {
 		return // the session is ending (fail, HELLO timeout): no WELCOME
 	}
-	if !ok {
-		s.stats.AuthFailures.Add(1)
+	if err == nil {
+		err = ws.admit(string(token), id, st)
+	}
+	if err != nil {
 		s.stats.WebRejected.Add(1)
-		s.log.Info("rejected browser session: bad or missing token", "remote", ws.remote, "origin", ws.origin)
+		s.authFailed(ws.remote, err, "origin", ws.origin, "protocol", "webtransport")
 		ws.fail(webproto.CodeUnauthorized, "the token is not valid")
 		return
 	}
+	pol := ws.pol.Load()
 	welcome := webproto.Welcome{MaxFlows: s.cfg.MaxFlows, Server: s.cfg.Version}
-	for _, p := range s.cfg.Routes {
+	for _, p := range pol.routes.prefixes() {
 		welcome.Routes = append(welcome.Routes, p.String())
 	}
 	if err := ws.writeCtrl(webproto.TypeWelcome, webproto.MarshalJSONValue(&welcome)); err != nil {
 		return // the session is going away
 	}
-	ws.owner = owner
 	close(ws.authed)
 	s.stats.WebSessions.Add(1)
-	s.log.Info("browser session", "client", owner, "remote", ws.remote, "origin", ws.origin)
+	s.log.Info("browser session", "client", ws.owner, "user", pol.id.User, "remote", ws.remote, "origin", ws.origin)
 
 	for {
 		typ, v, err := webproto.ReadMessage(str, webproto.MaxPingLen)
@@ -349,6 +380,52 @@ func (ws *webSession) control(str *webtransport.Stream, token []byte) {
 			return
 		}
 	}
+}
+
+// admit installs the verified HELLO's identity and makes the session
+// visible to Reload; if a reload swapped the Authenticator since st, the
+// token is verified again under the new one (Reload did not see this
+// session yet). An error means the token is not accepted.
+func (ws *webSession) admit(token string, id auth.Identity, st *authState) error {
+	s := ws.srv
+	s.webMu.Lock()
+	defer s.webMu.Unlock()
+	if cur := s.auth.Load(); cur != st {
+		var err error
+		if id, err = verify(cur, token, time.Now()); err != nil {
+			return err
+		}
+		st = cur
+	}
+	pol := newPolicy(id, st.routes, nil)
+	if len(pol.routes) == 0 {
+		return errors.New("the token allows none of the server's routes")
+	}
+	ws.pol.Store(pol)
+	ws.owner, ws.token = id.Owner, token
+	ws.authSt = st
+	ws.admitted = true
+	ws.since = time.Now()
+	ws.expiry.set(id.Expires)
+	return nil
+}
+
+// reauth verifies the session's token again under st (a reload, with
+// srv.webMu held) and installs its new policy, or says why the session
+// must end.
+func (ws *webSession) reauthLocked(st *authState, now time.Time) error {
+	id, err := verify(st, ws.token, now)
+	if err != nil {
+		return err
+	}
+	pol := newPolicy(id, st.routes, nil)
+	if len(pol.routes) == 0 {
+		return errors.New("the token allows none of the server's routes any more")
+	}
+	ws.pol.Store(pol)
+	ws.authSt = st
+	ws.expiry.set(id.Expires)
+	return nil
 }
 
 // writeCtrl writes one message on the control stream.
@@ -415,7 +492,7 @@ func (ws *webSession) flow(str *webtransport.Stream, authority []byte) {
 			Err: fmt.Errorf("%w: FLOW_OPEN authority of %d bytes (at most %d)", flow.ErrBadAuthority, len(authority), webproto.MaxAuthorityLen)}, true)
 		return
 	}
-	s.serveFlow(ws.ctx, ws.ctx, ws.cs.flowLimiter(s.cfg.MaxFlows), ws.owner, "webtransport", string(authority), rep)
+	s.serveFlow(ws.ctx, ws.ctx, ws.cs.flowLimiter(s.cfg.MaxFlows), ws.pol.Load(), "webtransport", string(authority), rep)
 }
 
 // wtFlowReply answers a browser flow: FLOW_OK, or FLOW_ERROR with a

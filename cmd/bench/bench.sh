@@ -5,7 +5,8 @@
 # TCP client->inet (tcp1) and inet->client (rev), a 64-byte TCP
 # request/response RTT (nbsvc tcpping) and ICMP ping, and prints one summary
 # line per tunnel with the medians, side by side. roam is packet mode,
-# roam-flow is `roam client --mode flow`. Needs root and the shared bench kit
+# roam-flow is `roam client --mode flow` (gVisor), roam-flow-sys is `roam client --mode flow
+# --stack system` (the kernel's TCP; not in the default ONLY). Needs root and the shared bench kit
 # (topo.sh, run-anchor.sh, nbsvc.go) from ../shared/bench, or BENCH_DIR.
 #
 #   cmd/bench/bench.sh                 # 3 rounds x 8 s
@@ -50,8 +51,8 @@ iperf() { # args... -> Mbit/s
   jq -r '(.end.sum_received.bits_per_second // 0) / 1e6 | floor' "$j"
 }
 
-roam_round() { # packet|flow
-  local cmode=$1
+roam_round() { # packet|flow [gvisor|system]
+  local cmode=$1 cstack=${2:-gvisor}
   "$TOPO" down >/dev/null 2>&1 || true
   "$TOPO" up >/dev/null 2>&1
   rm -rf "$W/state"; mkdir -p "$W/state"
@@ -71,7 +72,7 @@ roam_round() { # packet|flow
     relay_pid=$!
     dport=$RELAY_PORT
   fi
-  ip netns exec nb-client "$BIN/roam" client --server $SRV:$dport --token "$tok" --pin "$(cat "$W/state/pin")" --mode "$cmode" "${route[@]}" >"$RUN/roam-client.log" 2>&1 &
+  ip netns exec nb-client "$BIN/roam" client --server $SRV:$dport --token "$tok" --pin "$(cat "$W/state/pin")" --mode "$cmode" --stack "$cstack" "${route[@]}" >"$RUN/roam-client.log" 2>&1 &
   echo $! >"$RUN/roam-client.pid"
   for _ in $(seq 150); do grep -qs "tunnel up" "$RUN/roam-client.log" && break; sleep 0.1; done
   grep -qs "tunnel up" "$RUN/roam-client.log" || { echo "[bench] roam did not come up" >&2; cat "$RUN"/roam-*.log >&2; exit 1; }
@@ -108,8 +109,9 @@ for r in $(seq 1 "$ROUNDS"); do
     case $who in
       roam) line=$(roam_round packet) ;;
       roam-flow) line=$(roam_round flow) ;;
+      roam-flow-sys) line=$(roam_round flow system) ;;
       wg) line=$(wg_round) ;;
-      *) echo "bench.sh: unknown system $who in ONLY (roam, roam-flow, wg)" >&2; exit 2 ;;
+      *) echo "bench.sh: unknown system $who in ONLY (roam, roam-flow, roam-flow-sys, wg)" >&2; exit 2 ;;
     esac
     line="$who ${line#* }"
     echo "[bench] round $r: $line" >&2

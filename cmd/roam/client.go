@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -17,11 +18,12 @@ import (
 	"github.com/roamvpn/roam/datagram"
 	"github.com/roamvpn/roam/tun"
 	dnspkg "github.com/roamvpn/roam/tun/dns"
-	"github.com/roamvpn/roam/tun/flowstack"
 	"github.com/roamvpn/roam/tunnel"
+	"github.com/roamvpn/roam/tunnel/control"
 )
 
 type clientFlags struct {
+	config    string
 	server    string
 	token     string
 	tokenFile string
@@ -33,15 +35,21 @@ type clientFlags struct {
 	logLevel  string
 	debug     string
 	mode      string
+	stack     string
+
+	metrics      string // --metrics: Prometheus and probes; "" = off
+	statusSocket string // --status-socket; "" = off
 
 	dns        string // --dns: auto or off
-	resolvConf string // --resolv-conf
-	resolvSet  bool   // --resolv-conf given: manage that file, never resolved
+	resolvConf string // --resolv-conf; a path other than the default always manages that file
 }
 
-func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, error) {
+// newClientFlags returns the client's flags with their defaults and the
+// FlagSet that sets them.
+func newClientFlags() (*clientFlags, *flag.FlagSet) {
 	f := &clientFlags{}
 	fs := flag.NewFlagSet("client", flag.ContinueOnError)
+	fs.StringVar(&f.config, "config", "", "read settings from the TOML `FILE`'s [client] table (docs/config.md); flags override it")
 	fs.StringVar(&f.server, "server", "", "server `HOST:PORT` (required)")
 	fs.StringVar(&f.token, "token", "", "bearer `TOKEN` (or --token-file, or $ROAM_TOKEN)")
 	fs.StringVar(&f.tokenFile, "token-file", "", "read the token from `FILE` (first line)")
@@ -51,32 +59,55 @@ func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, erro
 	fs.UintVar(&f.mark, "mark", uint(tun.DefaultMark), "socket `MARK` that keeps the tunnel's own UDP socket out of the tunnel")
 	fs.IntVar(&f.table, "table", tun.DefaultTable, "routing `TABLE` for the tunnel routes")
 	fs.StringVar(&f.mode, "mode", "packet", "`MODE`: packet (every IP packet as a datagram) or flow (each TCP connection as its own QUIC stream, the rest as datagrams)")
+	fs.StringVar(&f.stack, "stack", "gvisor", "flow mode's TCP `STACK`: gvisor (userspace) or system (the kernel's TCP behind a NAT; falls back to gvisor if it cannot start)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
 	fs.StringVar(&f.debug, "debug", "", "serve pprof and counters on this loopback `HOST:PORT` (off by default)")
+	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics and the /healthz, /readyz probes on `HOST:PORT` (off by default)")
+	fs.StringVar(&f.statusSocket, "status-socket", control.DefaultPath("client"), "unix socket `PATH` that roam status queries (\"\" for none)")
 	// DNS push (docs/protocol.md, "DNS push").
 	fs.StringVar(&f.dns, "dns", "auto", "`MODE`: auto (use the DNS servers the server pushes: systemd-resolved on the TUN link if it serves the host, else --resolv-conf; restored on exit) or off")
-	fs.StringVar(&f.resolvConf, "resolv-conf", dnspkg.DefaultResolvConf, "resolver `FILE` managed when systemd-resolved is not used (saved next to itself as FILE"+dnspkg.BackupSuffix+" and restored on exit); giving it always manages the file")
+	fs.StringVar(&f.resolvConf, "resolv-conf", dnspkg.DefaultResolvConf, "resolver `FILE` managed when systemd-resolved is not used (saved next to itself as FILE"+dnspkg.BackupSuffix+" and restored on exit); another path than the default is always managed as a file")
+	return f, fs
+}
+
+// parseClientFlags parses the command line and the --config file. Every
+// problem is reported, one a line, as a usage error.
+func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, error) {
+	f, fs := newClientFlags()
 	help, err := parseFlags(fs, args, stdout)
 	if help || err != nil {
 		return nil, help, err
 	}
-	fs.Visit(func(fl *flag.Flag) { f.resolvSet = f.resolvSet || fl.Name == "resolv-conf" })
-	if f.dns != "auto" && f.dns != "off" {
-		return nil, false, usagef("client: invalid value %q for flag --dns: expected auto or off", f.dns)
+	var cfg *configFile
+	if f.config != "" {
+		cfg = loadConfig(f.config)
 	}
-	if f.resolvConf == "" || !filepath.IsAbs(f.resolvConf) {
-		return nil, false, usagef("client: invalid value %q for flag --resolv-conf: expected an absolute file path like /etc/resolv.conf", f.resolvConf)
+	if errs := f.load(fs, cfg); len(errs) > 0 {
+		return nil, false, usageErrors("client", errs)
 	}
+	return f, false, nil
+}
+
+// load applies cfg's [client] table (nil cfg: none) to the flags fs parsed
+// and checks the result; `roam validate` calls it too.
+func (f *clientFlags) load(fs *flag.FlagSet, cfg *configFile) []error {
+	return loadFlags(fs, cfg, nil, f.check)
+}
+
+// check checks the parsed values and fills in the token (from
+// --token-file or $ROAM_TOKEN); it touches nothing but reads --token-file.
+func (f *clientFlags) check() []*flagError {
+	errs := commonChecks(f.logLevel, f.debug)
 	if f.server == "" {
-		return nil, false, usagef("client: flag --server is required: expected HOST:PORT like vpn.example.com:4433")
-	}
-	if _, port, err := net.SplitHostPort(f.server); err != nil || port == "" {
-		return nil, false, usagef("client: invalid value %q for flag --server: expected HOST:PORT like vpn.example.com:4433", f.server)
+		errs = append(errs, badFlags([]string{"server"}, "flag --server is required: expected HOST:PORT like vpn.example.com:4433",
+			"required: expected HOST:PORT like vpn.example.com:4433"))
+	} else if _, port, err := net.SplitHostPort(f.server); err != nil || port == "" {
+		errs = append(errs, badValue("server", f.server, "expected HOST:PORT like vpn.example.com:4433"))
 	}
 	if f.token == "" && f.tokenFile != "" {
 		b, err := os.ReadFile(f.tokenFile)
 		if err != nil {
-			return nil, false, usagef("client: flag --token-file: %v", err)
+			errs = append(errs, badValue("token-file", f.tokenFile, "%v", errors.Unwrap(err)))
 		}
 		f.token, _, _ = strings.Cut(strings.TrimSpace(string(b)), "\n")
 		f.token = strings.TrimSpace(f.token)
@@ -85,26 +116,36 @@ func parseClientFlags(args []string, stdout io.Writer) (*clientFlags, bool, erro
 		f.token = os.Getenv("ROAM_TOKEN")
 	}
 	if f.token == "" {
-		return nil, false, usagef("client: flag --token is required (or --token-file, or $ROAM_TOKEN)")
+		errs = append(errs, badFlags([]string{"token", "token-file"}, "flag --token is required (or --token-file, or $ROAM_TOKEN)",
+			"token or token_file is required (or $ROAM_TOKEN)"))
 	}
 	if f.pin != "" {
 		if _, err := auth.ParsePin(strings.TrimSpace(f.pin)); err != nil {
-			return nil, false, usagef("client: invalid value %q for flag --pin: %v", f.pin, err)
+			errs = append(errs, badValue("pin", f.pin, "%v", err))
 		}
 	}
 	if f.tunName == "" || len(f.tunName) > 15 {
-		return nil, false, usagef("client: invalid value %q for flag --tun: expected an interface name of 1-15 characters", f.tunName)
+		errs = append(errs, badValue("tun", f.tunName, "expected an interface name of 1-15 characters"))
 	}
 	if f.mode != "packet" && f.mode != "flow" {
-		return nil, false, usagef("client: invalid value %q for flag --mode: expected packet or flow", f.mode)
+		errs = append(errs, badValue("mode", f.mode, "expected packet or flow"))
+	}
+	if f.stack != "gvisor" && f.stack != "system" {
+		errs = append(errs, badValue("stack", f.stack, "expected gvisor or system"))
 	}
 	if f.mark == 0 || f.mark > 0xffffffff {
-		return nil, false, usagef("client: invalid value %d for flag --mark: expected 1..4294967295", f.mark)
+		errs = append(errs, badValue("mark", fmt.Sprint(f.mark), "expected 1..4294967295"))
 	}
-	if f.table <= 0 || f.table == 253 || f.table == 254 || f.table == 255 {
-		return nil, false, usagef("client: invalid value %d for flag --table: expected a free routing table number (not 253-255)", f.table)
+	if f.table <= 0 || f.table > 0xffffffff || f.table == 253 || f.table == 254 || f.table == 255 {
+		errs = append(errs, badValue("table", fmt.Sprint(f.table), "expected a free routing table number 1..4294967295 (not 253-255)"))
 	}
-	return f, false, nil
+	if f.dns != "auto" && f.dns != "off" {
+		errs = append(errs, badValue("dns", f.dns, "expected auto or off"))
+	}
+	if !filepath.IsAbs(f.resolvConf) {
+		errs = append(errs, badValue("resolv-conf", f.resolvConf, "expected an absolute file path like /etc/resolv.conf"))
+	}
+	return errs
 }
 
 func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -116,6 +157,7 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	defer ignoreSIGHUP(log)()
 	cfg := tunnel.ClientConfig{
 		Server: f.server,
 		Token:  f.token,
@@ -153,13 +195,18 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if f.mode == "flow" {
 		cfg.FlowDevice = func(dev datagram.Device, mtu int, open tunnel.OpenFlow) (datagram.Device, error) {
-			return flowstack.New(flowstack.Config{Dev: dev, MTU: mtu, Connect: open, Logger: log})
+			return newFlowStack(f.stack, dev, mtu, open, log)
 		}
 	}
 	c, err := tunnel.NewClient(cfg)
 	if err != nil {
 		return err
 	}
+	ops, err := startClientOps(f.metrics, f.statusSocket, c, log)
+	if err != nil {
+		return err
+	}
+	defer ops.close()
 	return c.Run(ctx)
 }
 
@@ -186,7 +233,7 @@ func clientDevice(f *clientFlags, dc tunnel.DeviceConfig, log *slog.Logger) (dat
 		dev.Close()
 		return nil, err
 	}
-	return &hostDevice{Device: dev, routing: rt, dns: dh, f: f, dc: dc, name: name, log: log}, nil
+	return &hostDevice{Device: dev, routing: rt, name: name, dns: dh, f: f, dc: dc, log: log}, nil
 }
 
 // hostDevice is a TUN device whose Close also removes its routing and
@@ -194,14 +241,14 @@ func clientDevice(f *clientFlags, dc tunnel.DeviceConfig, log *slog.Logger) (dat
 type hostDevice struct {
 	tun.Device
 	routing *tun.Routing
+	name    string // the TUN's interface name
 	once    sync.Once
 	err     error
 
 	// For DNS updates: what clientDNS needs again.
-	f    *clientFlags
-	dc   tunnel.DeviceConfig
-	name string
-	log  *slog.Logger
+	f   *clientFlags
+	dc  tunnel.DeviceConfig
+	log *slog.Logger
 
 	dnsMu  sync.Mutex
 	dns    *dnspkg.Handle // guarded by dnsMu; nil: DNS left alone

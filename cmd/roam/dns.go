@@ -70,8 +70,8 @@ func clientDNS(f *clientFlags, dc tunnel.DeviceConfig, link string, log *slog.Lo
 		}
 	}
 	cfg := dns.Config{Servers: dc.DNS, IfName: link, FullTunnel: full, ResolvConf: f.resolvConf, Logger: log}
-	if f.resolvSet {
-		cfg.Backend = dns.File
+	if f.resolvConf != dns.DefaultResolvConf {
+		cfg.Backend = dns.File // a file of its own, never resolved (tests, containers)
 	}
 	h, err := dns.Configure(cfg)
 	if err != nil {

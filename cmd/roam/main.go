@@ -4,6 +4,9 @@
 //	roam server [flags]   run a server (prints a ready-to-paste client line)
 //	roam client [flags]   connect this host to a server
 //	roam token            print a new random token for a tokens file
+//	roam token issue      print a signed token (also: revoke, inspect)
+//	roam validate FILE    check a config file
+//	roam status           show a running server's or client's sessions and counters
 //	roam version          print the version
 //
 // The mains are thin: they parse flags, build a config and call the
@@ -18,9 +21,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
-
-	"github.com/roamvpn/roam/auth"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -38,7 +40,9 @@ const topUsage = `usage: roam <command> [flags]
 commands:
   server    run a Roam server (roam server -h for flags)
   client    connect to a Roam server (roam client -h for flags)
-  token     print a new random token
+  token     print a new random token; token issue|revoke|inspect: signed tokens (roam token -h)
+  validate  check a config file without starting anything (roam validate FILE)
+  status    show a running server's or client's sessions, paths and counters
   version   print the version
 `
 
@@ -61,24 +65,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runServer(ctx, args[1:], stdout, stderr)
 	case "client":
 		err = runClient(ctx, args[1:], stdout, stderr)
+	case "validate":
+		err = runValidate(args[1:], stdout, stderr)
 	case "token":
-		var tok string
-		if tok, err = auth.GenerateToken(); err == nil {
-			fmt.Fprintln(stdout, tok)
-		}
+		err = runToken(args[1:], stdout, stderr)
+	case "status":
+		err = runStatus(ctx, args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "roam", version)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, topUsage)
 	default:
-		err = usagef("unknown command %q (want server, client, token or version)", args[0])
+		err = usagef("unknown command %q (want server, client, token, validate or version)", args[0])
 	}
 	var ue *usageError
 	switch {
 	case err == nil:
 		return 0
+	case errors.Is(err, errValidate):
+		return 1 // the problems are printed
 	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "roam %s\n", ue.msg)
+		for _, line := range strings.Split(ue.msg, "\n") { // a config file's problems, one a line
+			fmt.Fprintf(stderr, "roam %s\n", line)
+		}
 		return 2
 	default:
 		fmt.Fprintf(stderr, "roam: %v\n", err)

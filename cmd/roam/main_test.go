@@ -48,6 +48,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"server", "--dns-forward", "127.0.0.53"}, "--dns-forward"},
 		{[]string{"client", "--server", "h:1", "--token", "t", "--dns", "maybe"}, "--dns"},
 		{[]string{"client", "--server", "h:1", "--token", "t", "--resolv-conf", "resolv.conf"}, "--resolv-conf"},
+		{[]string{"client", "--server", "h:1", "--token", "t", "--stack", "lwip"}, "--stack"},
 		{[]string{"frobnicate"}, "unknown command"},
 	}
 	for _, tt := range tests {

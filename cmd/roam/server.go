@@ -22,10 +22,15 @@ import (
 	"github.com/roamvpn/roam/tun/usernat"
 	"github.com/roamvpn/roam/tunnel"
 	"github.com/roamvpn/roam/tunnel/addrpool"
+	"github.com/roamvpn/roam/tunnel/control"
 	"github.com/roamvpn/roam/web"
 )
 
 type serverFlags struct {
+	config      string
+	tokenKeys   stringList
+	revocations string
+
 	listen   string
 	stateDir string
 	tokens   string
@@ -41,13 +46,20 @@ type serverFlags struct {
 	logLevel string
 	debug    string
 
+	metrics      string // --metrics: Prometheus and probes; "" = off
+	statusSocket string // --status-socket; "" = off
+
 	web        bool
 	webOrigins stringList
 	webDir     string
 
-	dns        addrList       // --dns: pushed to clients
+	dns        ipList         // --dns: pushed to clients
 	dnsForward string         // --dns-forward: the userspace NAT's upstream resolver
 	upstream   netip.AddrPort // the resolver in use (set by serverDevice in userspace mode)
+
+	// From the config file: [server.users.NAME] (nil: none).
+	users map[string]auth.UserPolicy
+	fs    *flag.FlagSet // the flags above
 }
 
 // webAssets is the browser client embedded in the binary (index.html,
@@ -75,15 +87,21 @@ func defaultNAT() string {
 	return "userspace"
 }
 
-func parseServerFlags(args []string, stdout io.Writer) (*serverFlags, bool, error) {
+// newServerFlags returns the server's flags with their defaults and the
+// FlagSet that sets them.
+func newServerFlags() (*serverFlags, *flag.FlagSet) {
 	f := &serverFlags{
-		pool4: prefixFlag{val: netip.MustParsePrefix("100.96.0.0/16"), want4: true},
-		pool6: prefixFlag{val: netip.MustParsePrefix("fd00:96::/64")},
+		pool4:      prefixFlag{val: netip.MustParsePrefix("100.96.0.0/16"), want4: true},
+		pool6:      prefixFlag{val: netip.MustParsePrefix("fd00:96::/64")},
+		webOrigins: stringList{check: tunnel.ParseWebOrigin},
 	}
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	fs.StringVar(&f.config, "config", "", "read settings from the TOML `FILE`'s [server] table (docs/config.md); flags override it; SIGHUP re-reads it")
 	fs.StringVar(&f.listen, "listen", "0.0.0.0:4433", "UDP `HOST:PORT` to serve HTTP/3 on")
-	fs.StringVar(&f.stateDir, "state-dir", defaultStateDir(), "`DIR` for the certificate, its pin, the server secret and the default tokens file")
+	fs.StringVar(&f.stateDir, "state-dir", defaultStateDir(), "`DIR` for the certificate, its pin, the server secret, the token signing key and the default tokens file")
 	fs.StringVar(&f.tokens, "tokens", "", "tokens `FILE` (one per line, # comments); default STATE_DIR/tokens, created with one token if missing")
+	fs.Var(&f.tokenKeys, "token-key", "public key `FILE` whose signed tokens are accepted (repeatable); default STATE_DIR/token.pub, created with the signing key STATE_DIR/token.key")
+	fs.StringVar(&f.revocations, "revocations", "", "revoked tokens `FILE`; default STATE_DIR/revoked (a missing file revokes nothing)")
 	fs.Var(&f.pool4, "pool4", "IPv4 client address pool `CIDR` (first address is the server's)")
 	fs.Var(&f.pool6, "pool6", "IPv6 client address pool `CIDR` (first address is the server's)")
 	fs.StringVar(&f.nat, "nat", defaultNAT(), "NAT `MODE`: kernel (TUN + nftables, needs root) or userspace (no privileges)")
@@ -95,42 +113,89 @@ func parseServerFlags(args []string, stdout io.Writer) (*serverFlags, bool, erro
 	fs.StringVar(&f.public, "public", "", "`HOST` clients dial, for the printed client line; default: a local address")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
 	fs.StringVar(&f.debug, "debug", "", "serve pprof and counters on this loopback `HOST:PORT` (off by default)")
+	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics and the /healthz, /readyz probes on `HOST:PORT` (off by default; keep it on loopback unless scraped from elsewhere)")
+	fs.StringVar(&f.statusSocket, "status-socket", control.DefaultPath("server"), "unix socket `PATH` that roam status queries (\"\" for none)")
 	fs.BoolVar(&f.web, "web", true, "serve the browser client: WebTransport sessions, and the page over HTTP/3 and over TCP on the same port number (--web=false: none of it)")
 	fs.Var(&f.webOrigins, "web-origin", "`ORIGIN` (scheme://host[:port]) whose pages may also open browser sessions, besides the server's own page (repeatable)")
 	fs.StringVar(&f.webDir, "web-dir", "", "serve the browser client's files from `DIR` instead of the embedded ones (development)")
 	// DNS push (docs/protocol.md, "DNS push").
 	fs.Var(&f.dns, "dns", "DNS server `ADDR` pushed to clients (repeatable); default with --nat userspace: the pools' gateway addresses, answered by forwarding to --dns-forward")
 	fs.StringVar(&f.dnsForward, "dns-forward", "", "resolver `ADDR:PORT` the userspace NAT forwards DNS on the gateway addresses to; default: the first nameserver of /etc/resolv.conf, port 53")
+	f.fs = fs
+	return f, fs
+}
+
+// parseServerFlags parses the command line and the --config file. Every
+// problem is reported, one a line, as a usage error.
+func parseServerFlags(args []string, stdout io.Writer) (*serverFlags, bool, error) {
+	f, fs := newServerFlags()
 	help, err := parseFlags(fs, args, stdout)
 	if help || err != nil {
 		return nil, help, err
 	}
-	if f.dnsForward != "" {
-		if _, err := netip.ParseAddrPort(f.dnsForward); err != nil {
-			return nil, false, usagef("server: invalid value %q for flag --dns-forward: expected ADDR:PORT like 127.0.0.53:53 or [::1]:53", f.dnsForward)
-		}
+	var cfg *configFile
+	if f.config != "" {
+		cfg = loadConfig(f.config)
 	}
+	if errs := f.load(fs, cfg); len(errs) > 0 {
+		return nil, false, usageErrors("server", errs)
+	}
+	return f, false, nil
+}
+
+// load applies cfg's [server] table (nil cfg: none) to the flags fs parsed
+// and checks the result; `roam validate` calls it too.
+func (f *serverFlags) load(fs *flag.FlagSet, cfg *configFile) []error {
+	other := func(key string, v *tomlValue) (bool, []error) {
+		if key != "users" {
+			return false, nil
+		}
+		users, errs := parseUsers(cfg.path, v)
+		f.users = users
+		return true, errs
+	}
+	return loadFlags(fs, cfg, other, f.check)
+}
+
+// check checks the parsed values; it touches nothing but reads --web-dir.
+func (f *serverFlags) check() []*flagError {
+	errs := commonChecks(f.logLevel, f.debug)
 	if _, _, err := net.SplitHostPort(f.listen); err != nil {
-		return nil, false, usagef("server: invalid value %q for flag --listen: expected HOST:PORT like 0.0.0.0:4433", f.listen)
+		errs = append(errs, badValue("listen", f.listen, "expected HOST:PORT like 0.0.0.0:4433"))
 	}
 	if f.nat != "kernel" && f.nat != "userspace" {
-		return nil, false, usagef("server: invalid value %q for flag --nat: expected kernel or userspace", f.nat)
+		errs = append(errs, badValue("nat", f.nat, "expected kernel or userspace"))
 	}
 	if (f.cert == "") != (f.key == "") {
-		return nil, false, usagef("server: flags --cert and --key go together: give both or neither")
+		errs = append(errs, badFlags([]string{"cert", "key"}, "flags --cert and --key go together: give both or neither",
+			"cert and key go together: give both or neither"))
 	}
 	if f.tunName == "" || len(f.tunName) > 15 {
-		return nil, false, usagef("server: invalid value %q for flag --tun: expected an interface name of 1-15 characters", f.tunName)
+		errs = append(errs, badValue("tun", f.tunName, "expected an interface name of 1-15 characters"))
+	}
+	for _, p := range []struct {
+		name string
+		val  netip.Prefix
+	}{{"pool4", f.pool4.val}, {"pool6", f.pool6.val}} {
+		if _, err := addrpool.New(p.val); err != nil {
+			errs = append(errs, badValue(p.name, p.val.String(), "%s", strings.TrimPrefix(err.Error(), "addrpool: ")))
+		}
 	}
 	if f.webDir != "" {
 		if st, err := os.Stat(f.webDir); err != nil || !st.IsDir() {
-			return nil, false, usagef("server: invalid value %q for flag --web-dir: expected a directory holding index.html and roam.wasm", f.webDir)
+			errs = append(errs, badValue("web-dir", f.webDir, "expected a directory holding index.html and roam.wasm"))
 		}
 	}
 	if !f.web && (f.webDir != "" || len(f.webOrigins.vals) > 0) {
-		return nil, false, usagef("server: flags --web-dir and --web-origin need the browser client; drop them or --web=false")
+		errs = append(errs, badFlags([]string{"web-dir", "web-origin", "web"}, "flags --web-dir and --web-origin need the browser client; drop them or --web=false",
+			"web_dir and web_origin need the browser client; drop them or web = false"))
 	}
-	return f, false, nil
+	if f.dnsForward != "" {
+		if _, err := netip.ParseAddrPort(f.dnsForward); err != nil {
+			errs = append(errs, badValue("dns-forward", f.dnsForward, "expected ADDR:PORT like 127.0.0.53:53 or [::1]:53"))
+		}
+	}
+	return errs
 }
 
 func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -147,16 +212,30 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 
 	// Tokens: the default file is created with one fresh token.
-	tokensFile, printToken := f.tokens, "<a token from "+f.tokens+">"
-	if tokensFile == "" {
-		tokensFile = filepath.Join(f.stateDir, "tokens")
+	tokensFile, printToken := f.tokensFile(), "<a token from "+f.tokens+">"
+	if f.tokens == "" {
 		first, err := ensureTokensFile(tokensFile, log)
 		if err != nil {
 			return err
 		}
-		printToken = first
+		if first != "" {
+			printToken = first
+		} else {
+			printToken = "<a token from roam token issue>"
+		}
 	}
-	tokens, err := auth.LoadTokens(tokensFile)
+	// Signed tokens: the default public key file is created with the
+	// signing key (roam token issue uses it).
+	if len(f.tokenKeys.vals) == 0 {
+		_, created, err := auth.LoadOrCreateSigningKey(f.stateDir)
+		if err != nil {
+			return err
+		}
+		if created {
+			log.Info("created a token signing key", "file", filepath.Join(f.stateDir, auth.SigningKeyFileName))
+		}
+	}
+	authn, authSum, err := buildAuth(f)
 	if err != nil {
 		return err
 	}
@@ -229,7 +308,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	srv, err := tunnel.NewServer(tunnel.ServerConfig{
 		TLS:    &tls.Config{Certificates: []tls.Certificate{cert}},
-		Tokens: tokens,
+		Auth:   authn,
 		Pool4:  pool4,
 		Pool6:  pool6,
 		Routes: f.routes.vals,
@@ -253,6 +332,9 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	handleSIGHUP(ctx, &reloader{args: args, running: f, srv: srv, log: log})
 	go func() {
 		<-srv.Ready()
 		port := pc.LocalAddr().(*net.UDPAddr).Port
@@ -261,7 +343,8 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			host = publicHost(f.listen)
 		}
 		log.Info("roam server ready", "listen", pc.LocalAddr(), "nat", f.nat, "pool4", f.pool4.val, "pool6", f.pool6.val,
-			"pin", pin, "tokens", tokensFile, "web", webState(f, assets, srv))
+			"pin", pin, "tokens_file", tokensFile, "tokens", authSum.tokens, "token_keys", authSum.keys,
+			"revocations", authSum.revoked, "users", authSum.users, "config", f.config, "web", webState(f, assets, srv))
 		line := fmt.Sprintf("roam client --server %s --token %s --pin %s",
 			net.JoinHostPort(host, fmt.Sprint(port)), printToken, pin)
 		fmt.Fprintf(stdout, "Connect a client with:\n  %s\n", line)
@@ -273,6 +356,11 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fmt.Fprintln(stdout)
 		}
 	}()
+	ops, err := startServerOps(f.metrics, f.statusSocket, srv, log)
+	if err != nil {
+		return err
+	}
+	defer ops.close()
 	err = srv.Serve(ctx, pc)
 	log.Info("roam server stopped")
 	return err

@@ -1,0 +1,132 @@
+// Package systack is flow mode's "system stack": the client's TCP
+// terminator built on the host kernel's own TCP instead of gVisor (package
+// flowstack, which it can replace one for one). Like flowstack's Stack,
+// [Stack] is itself a packet device (it has the method set of
+// datagram.Device) wrapping the TUN: the packet pump reads from and writes
+// to it as it would to the TUN.
+//
+//	app A:sp ──► TUN ──Read: rewrite──► TUN ──► listener A:L ──accept──► Config.Connect ─► flow.Stream
+//	   (to D:dp)      D:N → A:L                    (kernel TCP)     flow.Splice ◄───────────┘
+//	app ◄── TUN ◄─rewrite: D:dp → A:sp── TUN ◄── listener's answer A:L → D:N
+//
+// The Stack listens on a free port L of every address, bound to the TUN
+// (SO_BINDTODEVICE). A TCP packet Read takes from the device, sent by an
+// application from A:sp to D:dp, is rewritten to come from D:N and go to
+// A:L, where N is the connection's NAT port, and written back into the
+// TUN: the kernel delivers it to the listener. The listener's answers
+// (A:L → D:N) leave through the TUN, because its socket is bound to it;
+// Read rewrites them to D:dp → A:sp and writes them back too, so the
+// application's socket sees its peer D:dp. The rewrite swaps the two
+// addresses and replaces the two ports, so the IPv4 header checksum and
+// the TCP pseudo-header do not change and the TCP checksum is updated
+// from the ports alone (RFC 1624): a few instructions per packet, no
+// allocation (TestRewritePathZeroAllocs), done on each packet the TUN
+// splits from a GSO burst; the write-back goes through the TUN's Write,
+// which coalesces consecutive segments of a connection again (GRO), so
+// both kernel sockets keep their offloads. Read uses its own buffers of
+// 64 KiB (BatchSize of them: 8 MiB for a Linux TUN) so that Write has room
+// to coalesce into; the packets it returns (UDP, ICMP, inbound TCP) are
+// copied once into the caller's buffers. BenchmarkProcess: about 50 ns
+// per packet for parse, lookup and rewrite; BenchmarkKernelTUN compares
+// the whole path with flowstack's. No address is invented: D is where the application's
+// packets were routed into the TUN, so the routes and policy rules that
+// tun.InstallRouting installs (and reverse-path filtering) accept it as a
+// source on the TUN, and the listener's socket, bound to the TUN, sends
+// there whatever the routing tables say about D; it needs no route, rule
+// or mark of its own, and a socket mark would be wrong (it would select
+// the main table). The listener takes IPv4 and IPv6 (dual-stack); on a
+// host without IPv6 it takes IPv4 only and IPv6 TCP passes to the caller
+// as packets.
+//
+// # Connect and its outcomes
+//
+// The local handshake completes in the kernel before the Stack learns of
+// the connection: connect(2) succeeds at once. The listener's accept loop
+// then looks up the NAT entry by the accepted connection's remote address
+// D:N and calls [Config.Connect](ctx, A:sp, D:dp); bytes the application
+// sends meanwhile wait in the listener socket's receive buffer. On success
+// flow.Splice copies both ways, with FIN and reset propagated in both
+// directions. On any error (Refused, Prohibited, LimitReached,
+// Unreachable, Timeout, Other, a Connect that outlives ConnectTimeout) the
+// accepted connection is closed with SO_LINGER 0: the application gets a
+// RST, so its next read or write fails with ECONNRESET (or connect(2)
+// itself does, if the RST comes before it returns). This differs from
+// flowstack, which connects before it answers the SYN and can therefore
+// refuse the connection (ECONNREFUSED) or answer with an ICMP unreachable
+// (EHOSTUNREACH): here the handshake is already done, and an ICMP error
+// would not reach the established socket, so Unreachable also gives a
+// reset. An application that retries on ECONNREFUSED but not on
+// ECONNRESET sees the difference.
+//
+// At most [Config.MaxPending] accepted connections wait for Connect; then
+// the accept loop waits, the listener's backlog fills and the kernel drops
+// further SYNs, which the applications retransmit.
+//
+// # NAT table
+//
+// A SYN without ACK from an application opens an entry (its tuple A:sp →
+// D:dp and a NAT port N, handed out in turn from 1024..65535 so that a
+// port is reused as late as possible). Packets of the tuple and the
+// listener's packets to N refresh it. An entry ends after a time without
+// packets that depends on its state, as conntrack's do:
+//
+//   - 30 s while the listener has not answered the SYN (conntrack's
+//     SYN_SENT: 120 s);
+//   - 5 days once it has, until both sides have sent a FIN (conntrack's
+//     ESTABLISHED; TCP keepalive's first probe comes after 2 h idle). Both
+//     ends are this host's sockets, which send a FIN or RST when they
+//     close, so entries do not stay behind this way;
+//   - 60 s after both FINs (the sockets' TIME_WAIT; conntrack: 120 s);
+//   - 10 s after a RST (conntrack's CLOSE).
+//
+// A SYN for the tuple of an ended entry (both FINs or a RST) opens a new
+// entry with a new port. Expired entries are removed when a packet finds
+// them and by a sweep when a SYN adds an entry, at most every 10 s (every
+// 1 s while the table is full). At most [Config.MaxFlows] entries exist
+// (16384 by default, at most 32768 so that free ports stay easy to find;
+// about 150 bytes each, plus a 512 KiB port index); while the table is
+// full, new SYNs are dropped and counted (Stats.DropTableFull) and the
+// applications retransmit them. A listener packet whose entry is gone is
+// dropped and counted (Stats.DropNoEntry). A TCP IP fragment is dropped
+// (Linux sends TCP with DF and does not fragment IPv6 TCP).
+//
+// # Inbound TCP
+//
+// Packets from the tunnel (Write) go to the device unchanged. A TCP
+// connection opened toward this host from the tunnel is carried as
+// packets, as in packet mode, without a table of its own: the host's
+// packets of it (a SYN-ACK first) are not SYNs without ACK and have no NAT
+// entry, so Read passes them to the caller (Stats.PacketsPassed). Every
+// flow starts with a SYN from the host, which an inbound connection never
+// sends. Unlike flowstack, which answers a stray TCP packet of no known
+// connection with a RST from gVisor, the system stack passes it to the
+// tunnel as a packet. A connection from the tunnel to the listener's port
+// itself has no NAT entry: it is reset (Stats.AcceptUnknown).
+//
+// # Requirements and limits
+//
+// Linux only, with CAP_NET_ADMIN (the TUN) and, on older kernels,
+// CAP_NET_RAW (SO_BINDTODEVICE): the client has both as root. New opens the listener in
+// the calling thread's network namespace, which must be the TUN's. A host
+// firewall that drops TCP arriving on the TUN toward the host's own
+// address (an INPUT policy of drop without an accept for the TUN) blocks
+// the listener: the applications' SYNs then go unanswered, which the Stack
+// counts (Stats.SYNUnanswered) and logs once as a warning, since New
+// cannot see it coming. Host conntrack sees the rewritten connections (A:L ↔ D:N)
+// as ordinary local ones. If New fails (no SO_BINDTODEVICE, no listener),
+// it leaves Config.Dev open and the caller can fall back to flowstack
+// (roam client --stack system does, with a warning).
+//
+// # Concurrency and shutdown
+//
+// Read is called by one goroutine at a time (like a TUN's); Write, Stats
+// and Close may be called from any goroutine. Close is idempotent: it
+// closes the listener, cancels every Connect in progress and aborts every
+// flow (the upstream stream is reset, the accepted connection closed with
+// a RST), waits (if flows were open; until Read has read the device twice,
+// at most 250 ms) so that a Read in progress rewrites those RSTs toward
+// the applications, then closes the device and
+// makes blocked and later Reads and Writes return os.ErrClosed. If no Read
+// runs then (the pump stopped first), the applications' connections are
+// not reset and time out once the TUN is gone.
+package systack

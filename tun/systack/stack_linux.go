@@ -1,0 +1,459 @@
+package systack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/roamvpn/roam/datagram"
+	"github.com/roamvpn/roam/tunnel/flow"
+)
+
+// Read buffers: the Stack reads the device into its own buffers, of the
+// largest IP packet, so that the TUN's Write can coalesce the rewritten
+// segments into them (it needs room in the first packet of a run).
+const (
+	headroom = datagram.Headroom
+	bufSize  = datagram.LargeBufSize
+)
+
+// closeDrain bounds how long Close lets a Read in progress rewrite the
+// RSTs of the flows it aborted, before it closes the device.
+const closeDrain = 250 * time.Millisecond
+
+type counters struct {
+	opened, refused, unreach, failed, flowErr, unknown atomic.Uint64
+	active, pending                                    atomic.Int64
+	up, down                                           atomic.Uint64
+	toLn, toApp, passed, frag, noEntry, full           atomic.Uint64
+	dropSmall, writeErr                                atomic.Uint64
+	batches                                            atomic.Uint64 // batches Read has processed
+	warned                                             atomic.Bool   // the unanswered-SYN warning was logged
+}
+
+// Stack is the system TCP stack; it implements datagram.Device. Create it
+// with New.
+type Stack struct {
+	cfg  Config
+	log  *slog.Logger
+	dev  datagram.Device
+	ln   *net.TCPListener
+	port uint16 // the listener's
+	v6   bool   // the listener takes IPv6 too
+	nat  *natTable
+
+	// Used by Read only (one goroutine at a time).
+	rbufs  [][]byte
+	rsizes []int
+	wb     [][]byte
+	pkt    datagram.Packet
+
+	devMu sync.Mutex // serializes dev.Write between Write and Read's write-back
+	cnt   counters
+	sem   chan struct{} // one token per accepted connection waiting for Connect
+
+	ctx    context.Context // cancelled by Close; parent of every Connect and Splice
+	cancel context.CancelFunc
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+	mu        sync.Mutex
+	closing   bool           // guarded by mu
+	wg        sync.WaitGroup // the accept loop and the flows; Add only under mu with !closing
+}
+
+var _ datagram.Device = (*Stack)(nil)
+
+// New validates cfg, opens the listener (bound to cfg.IfName, in the
+// calling thread's network namespace, which must be the TUN's) and starts
+// the accept loop. It does not read from the device: the caller's Read
+// does. If New fails, cfg.Dev is left open.
+func New(cfg Config) (*Stack, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	bs := cfg.Dev.BatchSize()
+	if bs < 1 {
+		return nil, fmt.Errorf("systack: Dev.BatchSize() is %d: want at least 1", bs)
+	}
+	ln, v6, err := listen(cfg.IfName)
+	if err != nil {
+		return nil, err
+	}
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "systack")
+	s := &Stack{
+		cfg:    cfg,
+		log:    log,
+		dev:    cfg.Dev,
+		ln:     ln,
+		port:   port,
+		v6:     v6,
+		nat:    newNATTable(cfg.MaxFlows, port),
+		rbufs:  make([][]byte, bs),
+		rsizes: make([]int, bs),
+		wb:     make([][]byte, 0, bs),
+		sem:    make(chan struct{}, cfg.MaxPending),
+	}
+	for i := range s.rbufs {
+		s.rbufs[i] = make([]byte, bufSize)
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.wg.Add(1)
+	go s.acceptLoop()
+	log.Info("system stack started", "interface", cfg.IfName, "listener_port", port, "ipv6", v6,
+		"max_pending", cfg.MaxPending, "max_flows", cfg.MaxFlows, "connect_timeout", cfg.ConnectTimeout)
+	return s, nil
+}
+
+// listen opens the listener on a free port of every address, bound to
+// the interface: dual-stack if the host has IPv6, else IPv4 only.
+func listen(ifName string) (*net.TCPListener, bool, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), ifName) }); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("SO_BINDTODEVICE %q: %w", ifName, serr)
+		}
+		return nil
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", "[::]:0")
+	if err == nil {
+		return ln.(*net.TCPListener), true, nil
+	}
+	ln4, err4 := lc.Listen(context.Background(), "tcp4", "0.0.0.0:0")
+	if err4 != nil {
+		return nil, false, fmt.Errorf("systack: listener on interface %q (needs root or CAP_NET_RAW for SO_BINDTODEVICE): %w", ifName, errors.Join(err, err4))
+	}
+	return ln4.(*net.TCPListener), false, nil
+}
+
+// Read reads packets from the device and returns those that are not the
+// Stack's in bufs (packet i at bufs[i][offset:offset+sizes[i]], as
+// datagram.Device.Read), in order. The TCP packets of the applications'
+// connections and of the listener are rewritten and written back to the
+// device (see the package doc) before Read returns; other TCP packets
+// (inbound connections) and non-TCP packets are copied to bufs. If a
+// whole batch was the Stack's, it reads again, so it never returns 0
+// packets with a nil error. A packet that does not fit its buffer in bufs
+// is dropped and counted. After Close it returns os.ErrClosed. One
+// goroutine at a time may call Read.
+func (s *Stack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	nb := min(len(bufs), len(sizes), len(s.rbufs))
+	if nb == 0 || offset < 0 {
+		return 0, fmt.Errorf("systack: read: bad arguments: %d bufs, %d sizes, offset %d", len(bufs), len(sizes), offset)
+	}
+	for {
+		if s.closed.Load() {
+			return 0, os.ErrClosed
+		}
+		n, err := s.dev.Read(s.rbufs[:nb], s.rsizes[:nb], headroom)
+		k := s.process(bufs, sizes, offset, max(0, min(n, nb)))
+		if k > 0 || err != nil {
+			return k, err
+		}
+	}
+}
+
+// process sorts the n packets in s.rbufs: the Stack's are rewritten and
+// written back to the device in one Write (which coalesces them), the
+// others are copied to bufs. It returns how many it copied.
+func (s *Stack) process(bufs [][]byte, sizes []int, offset, n int) int {
+	wb := s.wb[:0]
+	var tp tcpPacket
+	var toLn, toApp, passed, frag, noEntry, full uint64
+	locked := false
+	var now int64
+	k := 0
+	for i := range n {
+		sz := s.rsizes[i]
+		if sz <= 0 || headroom+sz > len(s.rbufs[i]) {
+			s.cnt.dropSmall.Add(1) // a device bug
+			continue
+		}
+		pkt := s.rbufs[i][headroom : headroom+sz]
+		switch parseTCP(pkt, &s.pkt, &tp) {
+		case tcpFrag:
+			frag++
+			continue
+		case isTCP:
+			if tp.v6 && !s.v6 {
+				passed++
+				break
+			}
+			if !locked {
+				s.nat.mu.Lock()
+				locked, now = true, s.nat.now()
+			}
+			if tp.srcPort() == s.port {
+				if e := s.nat.reverseLocked(&tp, now); e != nil {
+					rewrite(&tp, e.t.dp, e.t.ap)
+					wb = append(wb, s.rbufs[i][:headroom+len(tp.ip)])
+					toApp++
+				} else {
+					noEntry++
+				}
+				continue
+			}
+			e, isFull := s.nat.forwardLocked(tp.tuple(), tp.flags, now)
+			if e != nil {
+				rewrite(&tp, e.port, s.port)
+				wb = append(wb, s.rbufs[i][:headroom+len(tp.ip)])
+				toLn++
+				continue
+			}
+			if isFull {
+				full++
+				continue
+			}
+			passed++
+		}
+		if k >= len(bufs) || offset+len(pkt) > len(bufs[k]) {
+			s.cnt.dropSmall.Add(1)
+			continue
+		}
+		sizes[k] = copy(bufs[k][offset:], pkt)
+		k++
+	}
+	if locked {
+		s.nat.mu.Unlock()
+	}
+	if len(wb) > 0 {
+		s.devMu.Lock()
+		_, err := s.dev.Write(wb, headroom)
+		s.devMu.Unlock()
+		if err != nil && !errors.Is(err, os.ErrClosed) {
+			s.cnt.writeErr.Add(1)
+		}
+		clear(wb) // drop the references until the next batch
+	}
+	s.cnt.batches.Add(1)
+	if !s.cnt.warned.Load() && s.nat.unanswered.Load() > 0 {
+		s.cnt.warned.Store(true)
+		s.log.Warn("the system stack's listener does not answer the applications' SYNs: a firewall may drop TCP arriving on the TUN (allow it, or use --stack gvisor)",
+			"interface", s.cfg.IfName, "listener_port", s.port)
+	}
+	c := &s.cnt
+	for _, a := range [...]struct {
+		n uint64
+		c *atomic.Uint64
+	}{{toLn, &c.toLn}, {toApp, &c.toApp}, {passed, &c.passed}, {frag, &c.frag}, {noEntry, &c.noEntry}, {full, &c.full}} {
+		if a.n != 0 {
+			a.c.Add(a.n)
+		}
+	}
+	return k
+}
+
+// Write writes packets from the tunnel to the device, serialized with
+// Read's write-back. The caller keeps ownership of bufs (the device may
+// rewrite them, as datagram.Device.Write says). After Close it returns
+// os.ErrClosed.
+func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
+	if s.closed.Load() {
+		return 0, os.ErrClosed
+	}
+	s.devMu.Lock()
+	defer s.devMu.Unlock()
+	return s.dev.Write(bufs, offset)
+}
+
+// BatchSize returns Dev.BatchSize().
+func (s *Stack) BatchSize() int { return s.dev.BatchSize() }
+
+// MTU returns Dev.MTU().
+func (s *Stack) MTU() (int, error) { return s.dev.MTU() }
+
+// Done is closed when Close starts.
+func (s *Stack) Done() <-chan struct{} { return s.ctx.Done() }
+
+// Stats returns a snapshot of the counters.
+func (s *Stack) Stats() Stats {
+	c := &s.cnt
+	return Stats{
+		FlowsOpened:       c.opened.Load(),
+		FlowsActive:       c.active.Load(),
+		FlowsPending:      c.pending.Load(),
+		FlowsRefused:      c.refused.Load(),
+		FlowsUnreachable:  c.unreach.Load(),
+		FlowsFailed:       c.failed.Load(),
+		FlowErrors:        c.flowErr.Load(),
+		AcceptUnknown:     c.unknown.Load(),
+		BytesUp:           c.up.Load(),
+		BytesDown:         c.down.Load(),
+		PacketsToListener: c.toLn.Load(),
+		PacketsToApp:      c.toApp.Load(),
+		PacketsPassed:     c.passed.Load(),
+		DropFragment:      c.frag.Load(),
+		DropNoEntry:       c.noEntry.Load(),
+		DropTableFull:     c.full.Load(),
+		DropBufTooSmall:   c.dropSmall.Load(),
+		WriteErrors:       c.writeErr.Load(),
+		NATActive:         s.nat.active.Load(),
+		NATOpened:         s.nat.opened.Load(),
+		NATExpired:        s.nat.expired.Load(),
+		SYNUnanswered:     s.nat.unanswered.Load(),
+	}
+}
+
+// Close stops the Stack: the listener is closed, Connects in progress are
+// cancelled and every flow is aborted (the application's connection is
+// reset, the upstream stream too); after a short drain (closeDrain) for a
+// Read in progress to pass the resets on, the device is closed, and
+// blocked and later Reads and Writes return os.ErrClosed. It waits for the
+// Stack's goroutines, is idempotent, and returns the device's Close error.
+func (s *Stack) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closing = true
+		s.mu.Unlock()
+		s.cancel()
+		s.ln.Close()
+		hadFlows := s.cnt.active.Load()+s.cnt.pending.Load() > 0
+		s.wg.Wait()
+		if hadFlows {
+			// The RSTs are in the TUN's queue. The second batch Read
+			// completes from now on was read after they were queued.
+			b0 := s.cnt.batches.Load()
+			for start := time.Now(); s.cnt.batches.Load() < b0+2 && time.Since(start) < closeDrain; {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		s.closed.Store(true)
+		s.closeErr = s.dev.Close()
+		s.log.Info("system stack stopped", "flows_opened", s.cnt.opened.Load())
+	})
+	return s.closeErr
+}
+
+// enter registers a flow goroutine; it fails once Close has started.
+func (s *Stack) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+// acceptLoop accepts the listener's connections, each once a Connect slot
+// is free, and serves each on its own goroutine.
+func (s *Stack) acceptLoop() {
+	defer s.wg.Done()
+	for {
+		select {
+		case s.sem <- struct{}{}:
+		case <-s.ctx.Done():
+			return
+		}
+		c, err := s.ln.AcceptTCP()
+		if err != nil {
+			<-s.sem
+			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.Warn("accept failed", "err", err)
+			select { // EMFILE and the like: do not spin
+			case <-time.After(50 * time.Millisecond):
+			case <-s.ctx.Done():
+				return
+			}
+			continue
+		}
+		if !s.enter() {
+			<-s.sem
+			reset(c)
+			return
+		}
+		go s.serve(c)
+	}
+}
+
+// serve opens the upstream flow of one accepted connection and splices
+// them; it holds a Connect slot until Connect returns.
+func (s *Stack) serve(c *net.TCPConn) {
+	defer s.wg.Done()
+	holding := true
+	release := func() {
+		if holding {
+			holding = false
+			<-s.sem
+		}
+	}
+	defer release()
+	remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	app, dst, ok := s.nat.lookup(remote.Addr().Unmap(), remote.Port())
+	if !ok {
+		s.cnt.unknown.Add(1)
+		reset(c)
+		return
+	}
+	s.cnt.pending.Add(1)
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ConnectTimeout)
+	stream, err := s.cfg.Connect(ctx, app, dst)
+	if err == nil && stream == nil {
+		err = errors.New("Connect returned no stream and no error")
+	}
+	if err == nil && s.ctx.Err() != nil {
+		stream.Abort()
+		err = s.ctx.Err()
+	}
+	if err != nil && ctx.Err() == context.DeadlineExceeded {
+		err = &flow.Error{Kind: flow.Timeout, Dst: dst.String(), Err: err}
+	}
+	cancel()
+	s.cnt.pending.Add(-1)
+	release()
+	if err != nil {
+		kind := flow.Classify(err)
+		switch kind {
+		case flow.Unreachable:
+			s.cnt.unreach.Add(1)
+		case flow.Refused, flow.Prohibited, flow.LimitReached:
+			s.cnt.refused.Add(1)
+		default:
+			s.cnt.failed.Add(1)
+		}
+		s.debug("connect failed", "src", app, "dst", dst, "kind", kind.String(), "err", err)
+		reset(c)
+		return
+	}
+	s.cnt.opened.Add(1)
+	s.cnt.active.Add(1)
+	defer s.cnt.active.Add(-1)
+	up, down, err := flow.Splice(s.ctx, stream, c, flow.WithCounters(&s.cnt.up, &s.cnt.down))
+	if err != nil {
+		s.cnt.flowErr.Add(1)
+	}
+	s.debug("flow ended", "src", app, "dst", dst, "up", up, "down", down, "err", err)
+}
+
+// reset closes c with a RST (SO_LINGER 0).
+func reset(c *net.TCPConn) {
+	c.SetLinger(0)
+	c.Close()
+}
+
+func (s *Stack) debug(msg string, args ...any) {
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug(msg, args...)
+	}
+}
