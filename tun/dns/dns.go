@@ -54,9 +54,12 @@ const (
 	// Auto uses systemd-resolved when it serves this host's resolv.conf
 	// (it owns org.freedesktop.resolve1 on the system bus, the process
 	// is in the network namespace of PID 1 so the link index means the
-	// same to resolved, and the resolv.conf points at resolved: a
-	// symlink into /run/systemd/resolve/ or nameserver 127.0.0.53/54);
-	// otherwise the resolv.conf file.
+	// same to resolved (assumed when PID 1's namespace cannot be looked
+	// at, as for a non-root service), and the resolv.conf points at
+	// resolved: a symlink into /run/systemd/resolve/ or nameserver
+	// 127.0.0.53/54); otherwise the resolv.conf file. A non-root client
+	// needs polkit's permission for resolved's link settings
+	// (deploy/systemd/roam-resolved.rules).
 	Auto Backend = iota
 	// Resolved requires systemd-resolved; Configure fails without it.
 	Resolved

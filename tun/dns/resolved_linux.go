@@ -59,10 +59,16 @@ func resolvedInUse(resolvConf string) (bool, string) {
 }
 
 // sameNetnsAsInit compares this thread's network namespace with PID 1's.
+// A process that may not look at PID 1's namespace (not root: a hardened
+// service with CAP_NET_ADMIN only) is taken to share it: that is how such
+// services run, and `ip netns exec` needs root anyway.
 func sameNetnsAsInit() bool {
 	var a, b syscall.Stat_t
-	if syscall.Stat("/proc/thread-self/ns/net", &a) != nil || syscall.Stat("/proc/1/ns/net", &b) != nil {
+	if syscall.Stat("/proc/thread-self/ns/net", &a) != nil {
 		return false
+	}
+	if err := syscall.Stat("/proc/1/ns/net", &b); err != nil {
+		return err == syscall.EACCES || err == syscall.EPERM
 	}
 	return a.Ino == b.Ino && a.Dev == b.Dev
 }
