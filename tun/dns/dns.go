@@ -21,7 +21,11 @@
 //     from /etc/netns/NAME/resolv.conf) is rewritten in place. Crash safety:
 //     Configure first restores a backup a previous client left behind if the
 //     file is still Roam's, and drops the backup if someone else has
-//     replaced the file since.
+//     replaced the file since. A client in a network namespace of its own (a named
+//     `ip netns` one, or not PID 1's) refuses to touch the default
+//     /etc/resolv.conf unless a file is mounted over it: otherwise it is the
+//     host's, and the whole host would be pointed at servers only the
+//     namespace reaches.
 //
 // Either way only the pushed servers are asked, and the server routes them
 // through the tunnel, so a full tunnel does not leak queries to the local
@@ -174,6 +178,11 @@ func Configure(cfg Config) (*Handle, error) {
 		return h, nil
 	}
 
+	if cfg.ResolvConf == DefaultResolvConf {
+		if err := refuseHostFile(cfg.ResolvConf); err != nil {
+			return nil, err
+		}
+	}
 	rc := &resolvConf{path: cfg.ResolvConf, backup: cfg.BackupPath, log: log}
 	if err := rc.recover(); err != nil {
 		return nil, err

@@ -341,33 +341,6 @@ func TestHostResolver(t *testing.T) {
 	}
 }
 
-func TestPointsAtResolved(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, s string) string {
-		p := filepath.Join(dir, name)
-		os.WriteFile(p, []byte(s), 0o644)
-		return p
-	}
-	tests := []struct {
-		name string
-		path string
-		want bool
-	}{
-		{"stub nameserver", write("a", "nameserver 127.0.0.53\noptions edns0 trust-ad\n"), true},
-		{"other nameserver", write("b", "nameserver 127.0.0.53\nnameserver 192.0.2.1\n"), false},
-		{"plain", write("c", hostFile), false},
-		{"ours", write("d", Header+"\nnameserver 127.0.0.53\n"), false},
-		{"missing", filepath.Join(dir, "nope"), false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := pointsAtResolved(tt.path); got != tt.want {
-				t.Fatalf("got %v", got)
-			}
-		})
-	}
-}
-
 // The D-Bus backend needs a running systemd-resolved in this network
 // namespace. It changes the host's resolver for a dummy link, so it runs
 // only when asked (ROAM_TEST_RESOLVED=1), never in CI by default.

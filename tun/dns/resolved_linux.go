@@ -58,20 +58,33 @@ func resolvedInUse(resolvConf string) (bool, string) {
 	return true, ""
 }
 
-// sameNetnsAsInit compares this thread's network namespace with PID 1's.
-// A process that may not look at PID 1's namespace (not root: a hardened
-// service with CAP_NET_ADMIN only) is taken to share it: that is how such
-// services run, and `ip netns exec` needs root anyway.
+// sameNetnsAsInit reports whether this thread is in the host's network
+// namespace: not in a named one (`ip netns`, /run/netns/NAME), and in
+// PID 1's. A process that may not look at PID 1's namespace (a hardened
+// service with CAP_NET_ADMIN only, or a sandbox) is taken to share it.
 func sameNetnsAsInit() bool {
-	var a, b syscall.Stat_t
-	if syscall.Stat("/proc/thread-self/ns/net", &a) != nil {
+	var self syscall.Stat_t
+	if syscall.Stat("/proc/thread-self/ns/net", &self) != nil {
 		return false
 	}
-	if err := syscall.Stat("/proc/1/ns/net", &b); err != nil {
+	same := func(st *syscall.Stat_t) bool { return st.Ino == self.Ino && st.Dev == self.Dev }
+	if ents, err := os.ReadDir(netnsDir); err == nil {
+		for _, e := range ents {
+			var st syscall.Stat_t
+			if syscall.Stat(filepath.Join(netnsDir, e.Name()), &st) == nil && same(&st) {
+				return false
+			}
+		}
+	}
+	var init syscall.Stat_t
+	if err := syscall.Stat("/proc/1/ns/net", &init); err != nil {
 		return err == syscall.EACCES || err == syscall.EPERM
 	}
-	return a.Ino == b.Ino && a.Dev == b.Dev
+	return same(&init)
 }
+
+// netnsDir holds the named network namespaces of `ip netns`.
+const netnsDir = "/run/netns"
 
 // pointsAtResolved reports whether the resolv.conf at path sends queries to
 // resolved: a symlink into /run/systemd/resolve/, or a file whose
@@ -173,4 +186,62 @@ func dbusErrName(err error) string {
 		return pe.Name
 	}
 	return ""
+}
+
+// refuseHostFile guards the host's resolver file against a client in a
+// network namespace of its own (ip netns exec, a test): there path is
+// still the host's file unless something bind-mounted a namespace's own
+// over it (ip netns exec does, from /etc/netns/NAME/resolv.conf; container
+// runtimes do too). Changing the host's file from inside a namespace
+// would point the whole host at servers only the namespace can reach.
+func refuseHostFile(path string) error {
+	if sameNetnsAsInit() || isMountPoint(path) {
+		return nil
+	}
+	return fmt.Errorf("dns: this process runs in another network namespace than PID 1, and %s is the host's file "+
+		"(nothing is mounted over it, as ip netns exec does from /etc/netns/NAME/resolv.conf); refusing to change the host's DNS: "+
+		"give the namespace its own file (--resolv-conf) or leave DNS alone (--dns off)", path)
+}
+
+// isMountPoint reports whether path is the mount point of a mount in
+// this process's mount namespace (/proc/self/mountinfo, field 5).
+func isMountPoint(path string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for line := range strings.Lines(string(b)) {
+		if f := strings.Fields(line); len(f) > 4 && unescapeMount(f[4]) == path {
+			return true
+		}
+	}
+	return false
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v byte
+			ok := true
+			for _, c := range s[i+1 : i+4] {
+				if c < '0' || c > '7' {
+					ok = false
+					break
+				}
+				v = v*8 + byte(c-'0')
+			}
+			if ok {
+				b.WriteByte(v)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }

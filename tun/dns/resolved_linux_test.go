@@ -2,18 +2,21 @@ package dns
 
 import (
 	"bufio"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/godbus/dbus/v5"
+	"github.com/vishvananda/netns"
 )
 
 // busResolved stands in for systemd-resolved's Manager object on a
@@ -166,5 +169,91 @@ func TestResolvedCalls(t *testing.T) {
 			}
 			mustNotExist(t, tt.cfg.ResolvConf)
 		})
+	}
+}
+
+func TestPointsAtResolved(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, s string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(s), 0o644)
+		return p
+	}
+	tests := []struct {
+		name string
+		path string
+		want bool
+	}{
+		{"stub nameserver", write("a", "nameserver 127.0.0.53\noptions edns0 trust-ad\n"), true},
+		{"other nameserver", write("b", "nameserver 127.0.0.53\nnameserver 192.0.2.1\n"), false},
+		{"plain", write("c", hostFile), false},
+		{"ours", write("d", Header+"\nnameserver 127.0.0.53\n"), false},
+		{"missing", filepath.Join(dir, "nope"), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := pointsAtResolved(tt.path); got != tt.want {
+				t.Fatalf("got %v", got)
+			}
+		})
+	}
+}
+
+// A client in a named network namespace must not rewrite the host's
+// resolver file; one bind-mounted over it (ip netns exec's
+// /etc/netns/NAME/resolv.conf) is the namespace's own and fine. The check
+// runs on a test-owned file, never on /etc/resolv.conf.
+func TestRefuseHostFile(t *testing.T) {
+	needRoot(t)
+	p := filepath.Join(t.TempDir(), "resolv.conf")
+	os.WriteFile(p, []byte(hostFile), 0o644)
+	ns := fmt.Sprintf("roamt-dns-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v %s", err, out)
+	}
+	defer exec.Command("ip", "netns", "del", ns).Run()
+	inNS := func() (bool, error) {
+		type res struct {
+			err  error
+			same bool
+		}
+		ch := make(chan res)
+		go func() {
+			// The thread stays locked and dies with the goroutine, so no
+			// other goroutine ever runs in the namespace.
+			runtime.LockOSThread()
+			h, err := netns.GetFromName(ns)
+			if err != nil {
+				ch <- res{err: err}
+				return
+			}
+			defer h.Close()
+			if err := netns.Set(h); err != nil {
+				ch <- res{err: err}
+				return
+			}
+			ch <- res{refuseHostFile(p), sameNetnsAsInit()}
+		}()
+		r := <-ch
+		return r.same, r.err
+	}
+	if err := refuseHostFile(p); err != nil {
+		t.Fatalf("in the host's namespace: %v", err)
+	}
+	same, err := inNS()
+	if same {
+		t.Fatal("sameNetnsAsInit is true inside a named namespace")
+	}
+	if err == nil || !strings.Contains(err.Error(), "another network namespace") || !strings.Contains(err.Error(), p) {
+		t.Fatalf("in the namespace, not mounted: %v", err)
+	}
+	src := filepath.Join(t.TempDir(), "ns-resolv.conf")
+	os.WriteFile(src, nil, 0o644)
+	if out, err := exec.Command("mount", "--bind", src, p).CombinedOutput(); err != nil {
+		t.Fatalf("mount --bind: %v %s", err, out)
+	}
+	defer exec.Command("umount", p).Run()
+	if _, err := inNS(); err != nil {
+		t.Fatalf("in the namespace, with its own file mounted: %v", err)
 	}
 }
