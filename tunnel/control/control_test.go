@@ -1,6 +1,7 @@
 package control
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -202,6 +203,10 @@ func TestQueryErrors(t *testing.T) {
 	go func() {
 		c, err := ln.Accept()
 		if err == nil {
+			// Read the request first, as the real server does: a
+			// reply written before the client's request is read and
+			// closed can break the client's write (EPIPE).
+			bufio.NewReader(c).ReadString('\n')
 			io.WriteString(c, "{}\n")
 			c.Close()
 		}

@@ -165,10 +165,20 @@ func TestScrapeRealTunnel(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.CloseWrite()
-	io.ReadAll(c)
+	if _, err := io.ReadAll(c); err != nil {
+		t.Logf("reading the reply: %v", err)
+	}
 	c.Close()
-	if n := <-got; n != size {
-		t.Fatalf("the listener got %d bytes, want %d", n, size)
+	select {
+	case n := <-got:
+		if n != size {
+			t.Fatalf("the listener got %d bytes, want %d", n, size)
+		}
+	case <-time.After(30 * time.Second):
+		// The listener never saw the client's FIN: say where the packets
+		// went rather than hang until the test binary's timeout.
+		t.Fatalf("the listener saw no end of the stream in 30 s\nserver: %+v\nclient: %+v\nNAT: %+v",
+			srv.Status(), cl.Status(), nat.Stats())
 	}
 
 	s1, c1 := scrape(t, surl+"/metrics"), scrape(t, curl+"/metrics")
