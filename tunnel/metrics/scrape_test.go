@@ -198,7 +198,9 @@ func TestScrapeRealTunnel(t *testing.T) {
 	moved("roam_server_rx_bytes_total", sb, sa, size)
 	moved("roam_server_rx_packets_total", sb, sa, size/tunnel.TunnelMTU)
 	moved("roam_server_tx_packets_total", sb, sa, 1)
-	moved("roam_server_device_write_packets_total", sb, sa, size/tunnel.TunnelMTU)
+	// Segments of one flow may be coalesced on the way to the device, so
+	// fewer packets than were received can be written.
+	moved("roam_server_device_write_packets_total", sb, sa, 1)
 	moved("roam_client_tx_bytes_total", cb, ca, size)
 	moved("roam_client_rx_packets_total", cb, ca, 1)
 	if sa["roam_server_sessions_total"] != 1 {
