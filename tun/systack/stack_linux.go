@@ -123,21 +123,41 @@ func New(cfg Config) (*Stack, error) {
 
 // listen opens the listener on a free port of every address, bound to
 // the interface: dual-stack if the host has IPv6, else IPv4 only.
+//
+// The dual-stack socket is asked for explicitly (tcp6 with IPV6_V6ONLY
+// off), not through Go's "tcp" on [::]: that one decides by a probe the
+// net package makes once per process, in whatever network namespace the
+// process's first socket was made. A probe made in a namespace whose
+// loopback was down (a fresh one) finds no IPv6, and every later "[::]"
+// listener is then IPv4 only, so the kernel would reset the IPv6 SYNs
+// rewritten toward it (seen in the tests).
 func listen(ifName string) (*net.TCPListener, bool, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), ifName) }); err != nil {
-			return err
+	control := func(dualStack bool) func(string, string, syscall.RawConn) error {
+		return func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				if serr = unix.BindToDevice(int(fd), ifName); serr != nil {
+					serr = fmt.Errorf("SO_BINDTODEVICE %q: %w", ifName, serr)
+					return
+				}
+				if dualStack {
+					if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+						serr = fmt.Errorf("IPV6_V6ONLY off: %w", err)
+					}
+				}
+			})
+			if err != nil {
+				return err
+			}
+			return serr
 		}
-		if serr != nil {
-			return fmt.Errorf("SO_BINDTODEVICE %q: %w", ifName, serr)
-		}
-		return nil
-	}}
-	ln, err := lc.Listen(context.Background(), "tcp", "[::]:0")
+	}
+	lc := net.ListenConfig{Control: control(true)}
+	ln, err := lc.Listen(context.Background(), "tcp6", "[::]:0")
 	if err == nil {
 		return ln.(*net.TCPListener), true, nil
 	}
+	lc.Control = control(false)
 	ln4, err4 := lc.Listen(context.Background(), "tcp4", "0.0.0.0:0")
 	if err4 != nil {
 		return nil, false, fmt.Errorf("systack: listener on interface %q (needs root or CAP_NET_RAW for SO_BINDTODEVICE): %w", ifName, errors.Join(err, err4))
