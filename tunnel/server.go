@@ -59,9 +59,10 @@ type ServerConfig struct {
 	// Required. The server owns it from NewServer on and closes it when
 	// Serve returns.
 	Device datagram.Device
-	// SessionQueue is the number of packets queued per session towards its
+	// SessionQueue is the most packets queued per session towards its
 	// client; when full, packets for that session are dropped (counted).
-	// Zero means 1024.
+	// Zero means 1024. The queue starts at 8 entries and grows to this
+	// bound only when a burst needs it.
 	SessionQueue int
 	// Secret is the server's persistent secret (at least 16 bytes; see
 	// auth.LoadOrCreateSecret). The QUIC stateless-reset key and the TLS

@@ -71,13 +71,13 @@ type session struct {
 	closing bool       // str was closed; guarded by wmu
 
 	addrs atomic.Pointer[addrSet]
-	out   chan outPkt
+	out   *sendQueue
 	ctx   context.Context
 	end   context.CancelCauseFunc
 
 	txPackets, txBytes, rxPackets, rxBytes atomic.Uint64
 
-	icmp []byte // scratch for ICMP too-big replies; used by the sender only
+	icmp []byte // scratch for ICMP too-big replies, made on first use; used by the sender only
 }
 
 func newSession(s *Server, cs *connState, str capsuleStream, a authResult, scope routeSet) *session {
@@ -94,8 +94,7 @@ func newSession(s *Server, cs *connState, str capsuleStream, a authResult, scope
 		token:  a.token,
 		scope:  scope,
 		authSt: a.st,
-		out:    make(chan outPkt, s.cfg.SessionQueue),
-		icmp:   make([]byte, 0, 1280),
+		out:    newSendQueue(s.cfg.SessionQueue),
 	}
 	sess.pol.Store(newPolicy(a.id, a.st.routes, scope))
 	return sess
@@ -267,14 +266,7 @@ func (sess *session) cleanup(reason error) {
 	s.mu.Unlock()
 	s.closeFlows(released...)
 	s.stats.SessionsActive.Add(-1)
-	for {
-		select {
-		case op := <-sess.out:
-			datagram.PutBuf(op.buf)
-		default:
-			return
-		}
-	}
+	sess.out.drain()
 }
 
 // capsuleError marks a malformed capsule from the client.
@@ -518,13 +510,11 @@ func (sess *session) enqueue(buf *[datagram.BufSize]byte, n int) bool {
 	if sess.ctx == nil || sess.ctx.Err() != nil {
 		return false
 	}
-	select {
-	case sess.out <- outPkt{buf: buf, n: n}:
-		return true
-	default:
+	if !sess.out.push(outPkt{buf: buf, n: n}) {
 		sess.srv.stats.DropQueueFull.Add(1)
 		return false
 	}
+	return true
 }
 
 // sendLoop is the session's datagram sender: quic-go's SendDatagram blocks
@@ -538,7 +528,13 @@ func (sess *session) sendLoop() {
 		select {
 		case <-sess.ctx.Done():
 			return
-		case op := <-sess.out:
+		case <-sess.out.wake:
+		}
+		for sess.ctx.Err() == nil {
+			op, ok := sess.out.pop()
+			if !ok {
+				break
+			}
 			sess.send(op)
 			datagram.PutBuf(op.buf)
 		}
@@ -567,6 +563,7 @@ func (sess *session) send(op outPkt) {
 		pkt := op.buf[datagram.Headroom : datagram.Headroom+op.n]
 		if icmp, ok := datagram.AppendTooBig(sess.icmp[:0], pkt, mtu); ok {
 			sess.srv.writer.Enqueue(icmp)
+			sess.icmp = icmp[:0] // kept for the next one; most sessions never need it
 		}
 		return
 	}

@@ -626,7 +626,7 @@ func TestKernelTUNClose(t *testing.T) {
 	for i, c := range conns {
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("connection %d: read after Close: %v; want ECONNRESET", i, err)
+			t.Errorf("connection %d: read after Close: %v; want ECONNRESET (stats %+v)", i, err, h.stack.Stats())
 		}
 	}
 	for range conns {

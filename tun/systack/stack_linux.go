@@ -26,9 +26,11 @@ const (
 	bufSize  = datagram.LargeBufSize
 )
 
-// closeDrain bounds how long Close lets a Read in progress rewrite the
-// RSTs of the flows it aborted, before it closes the device.
-const closeDrain = 250 * time.Millisecond
+// closeDrain bounds how long Close lets Read rewrite the RSTs of the
+// flows it aborted, before it closes the device (a Read that is not
+// being called, or a busy host: 250 ms was seen to fall short under the
+// race detector).
+const closeDrain = time.Second
 
 type counters struct {
 	opened, refused, unreach, failed, flowErr, unknown atomic.Uint64
@@ -36,7 +38,7 @@ type counters struct {
 	up, down                                           atomic.Uint64
 	toLn, toApp, passed, frag, noEntry, full           atomic.Uint64
 	dropSmall, writeErr                                atomic.Uint64
-	batches                                            atomic.Uint64 // batches Read has processed
+	rstToApp                                           atomic.Uint64 // listener RSTs written toward the applications
 	warned                                             atomic.Bool   // the unanswered-SYN warning was logged
 }
 
@@ -198,7 +200,7 @@ func (s *Stack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 func (s *Stack) process(bufs [][]byte, sizes []int, offset, n int) int {
 	wb := s.wb[:0]
 	var tp tcpPacket
-	var toLn, toApp, passed, frag, noEntry, full uint64
+	var toLn, toApp, passed, frag, noEntry, full, rsts uint64
 	locked := false
 	var now int64
 	k := 0
@@ -227,6 +229,9 @@ func (s *Stack) process(bufs [][]byte, sizes []int, offset, n int) int {
 					rewrite(&tp, e.t.dp, e.t.ap)
 					wb = append(wb, s.rbufs[i][:headroom+len(tp.ip)])
 					toApp++
+					if tp.flags&flagRST != 0 {
+						rsts++
+					}
 				} else {
 					noEntry++
 				}
@@ -264,7 +269,9 @@ func (s *Stack) process(bufs [][]byte, sizes []int, offset, n int) int {
 		}
 		clear(wb) // drop the references until the next batch
 	}
-	s.cnt.batches.Add(1)
+	if rsts != 0 {
+		s.cnt.rstToApp.Add(rsts) // after the write: Close waits for it
+	}
 	if !s.cnt.warned.Load() && s.nat.unanswered.Load() > 0 {
 		s.cnt.warned.Store(true)
 		s.log.Warn("the system stack's listener does not answer the applications' SYNs: a firewall may drop TCP arriving on the TUN (allow it, or use --stack gvisor)",
@@ -344,17 +351,16 @@ func (s *Stack) Close() error {
 		s.mu.Lock()
 		s.closing = true
 		s.mu.Unlock()
+		r0 := s.cnt.rstToApp.Load()
 		s.cancel()
 		s.ln.Close()
-		hadFlows := s.cnt.active.Load()+s.cnt.pending.Load() > 0
+		flows := s.cnt.active.Load() + s.cnt.pending.Load()
 		s.wg.Wait()
-		if hadFlows {
-			// The RSTs are in the TUN's queue. The second batch Read
-			// completes from now on was read after they were queued.
-			b0 := s.cnt.batches.Load()
-			for start := time.Now(); s.cnt.batches.Load() < b0+2 && time.Since(start) < closeDrain; {
-				time.Sleep(time.Millisecond)
-			}
+		// Every flow's connection was reset; the RSTs are in the TUN's
+		// queue. Let the Read in progress rewrite them toward the
+		// applications (one each) before the device goes.
+		for start := time.Now(); s.cnt.rstToApp.Load() < r0+uint64(max(flows, 0)) && time.Since(start) < closeDrain; {
+			time.Sleep(time.Millisecond)
 		}
 		s.closed.Store(true)
 		s.closeErr = s.dev.Close()

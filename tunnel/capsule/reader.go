@@ -35,7 +35,7 @@ type Reader struct {
 
 // NewReader returns a Reader reading capsules from r.
 func NewReader(r io.Reader) *Reader {
-	return &Reader{br: bufio.NewReaderSize(r, 4096)}
+	return &Reader{br: bufio.NewReaderSize(r, 512)}
 }
 
 // Next reads the next capsule and returns its type and value. The value is
