@@ -41,33 +41,22 @@ const (
 //
 //	go test -run '^$' -bench IdleSessionMemory -benchtime 1x ./tunnel/
 //
-// It reports B/session (live heap; target <= 64 KiB), stack-B/session
-// (goroutine stacks, which the heap does not include) and
-// goroutines/session. ROAM_MEMBENCH_PROFILE=FILE writes the heap profile
-// with the sessions up to FILE and the goroutines to FILE.goroutines.
-//
-// The queue=256 case is the same with ServerConfig.SessionQueue = 256
-// instead of the default 1024, to show what the per-session queue costs
-// (16 bytes an entry, allocated with the session).
+// It reports B/session (live heap), stack-B/session (goroutine stacks,
+// which the heap does not include), total-B/session (the two; target
+// <= 64 KiB) and goroutines/session. ROAM_MEMBENCH_PROFILE=FILE writes the
+// heap profile with the sessions up to FILE and the goroutines to
+// FILE.goroutines.
 func BenchmarkIdleSessionMemory(b *testing.B) {
 	if raceEnabled {
 		b.Skip("needs ~9000 goroutines; the race detector allows 8128")
 	}
-	for _, queue := range []int{0, 256} {
-		name := "queue=default"
-		if queue != 0 {
-			name = fmt.Sprintf("queue=%d", queue)
-		}
-		b.Run(name, func(b *testing.B) {
-			b.ReportAllocs()
-			for range b.N {
-				measureIdleSessions(b, memSessions, queue)
-			}
-		})
+	b.ReportAllocs()
+	for range b.N {
+		measureIdleSessions(b, memSessions)
 	}
 }
 
-func measureIdleSessions(b *testing.B, n, queue int) {
+func measureIdleSessions(b *testing.B, n int) {
 	tokens, err := auth.ParseTokens(strings.NewReader(testToken+"\n"), "bench")
 	if err != nil {
 		b.Fatal(err)
@@ -91,7 +80,7 @@ func measureIdleSessions(b *testing.B, n, queue int) {
 	}
 	defer nat.Close()
 	srv, err := NewServer(ServerConfig{TLS: tlsConfigFor(cert), Tokens: tokens, Pool4: pool4, Pool6: pool6,
-		Device: nat, DisableWeb: true, SessionQueue: queue})
+		Device: nat, DisableWeb: true})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -165,7 +154,7 @@ func measureIdleSessions(b *testing.B, n, queue int) {
 	// 0.5-RTT buffers) go the way it goes on an idle server.
 	time.Sleep(2 * time.Second)
 	heap1, stack1, gr1 := liveHeap()
-	if path := os.Getenv(memProfileEnv); path != "" && queue == 0 {
+	if path := os.Getenv(memProfileEnv); path != "" {
 		if f, err := os.Create(path); err == nil {
 			pprof.Lookup("heap").WriteTo(f, 0)
 			f.Close()
@@ -182,9 +171,10 @@ func measureIdleSessions(b *testing.B, n, queue int) {
 	b.ReportMetric(per, "B/session")
 	stacks := float64(int64(stack1)-int64(stack0)) / float64(n)
 	b.ReportMetric(stacks, "stack-B/session")
+	b.ReportMetric(per+stacks, "total-B/session")
 	b.ReportMetric(float64(gr1-gr0)/float64(n), "goroutines/session")
-	b.Logf("%d idle sessions: server heap %d -> %d bytes (%.1f KiB/session, target <= 64 KiB); goroutine stacks %.1f KiB/session more; goroutines %d -> %d; setup %v",
-		n, heap0, heap1, per/1024, stacks/1024, gr0, gr1, setup.Round(time.Millisecond))
+	b.Logf("%d idle sessions: server heap %d -> %d bytes (%.1f KiB/session); goroutine stacks %.1f KiB/session more; %.1f KiB/session in all (target <= 64 KiB); goroutines %d -> %d; setup %v",
+		n, heap0, heap1, per/1024, stacks/1024, (per+stacks)/1024, gr0, gr1, setup.Round(time.Millisecond))
 }
 
 // liveHeap returns the live heap after two GCs, the goroutine stacks'
