@@ -32,17 +32,15 @@ const (
 	// takes one round trip with 0-RTT; waiting longer only stretches the
 	// outage.
 	minProbe, maxProbe = 250 * time.Millisecond, 2 * time.Second
-	// serverPathBudget is how many migrations one connection survives on
-	// a quic-go v0.64 server. The server validates each new path with one
-	// of the client's connection IDs and never retires it after switching
-	// to the path (path_manager.go SwitchToPath clears its list without
-	// retiring the path in use), so each migration or NAT rebinding uses
-	// up one of the 3 spare IDs that active_connection_id_limit 4 allows,
-	// and the handshake's first ID change takes another: the third new
-	// path is "skipped since no connection ID is available" (measured).
-	// The client reconnects (0-RTT, one round trip) instead of probing a
-	// path that cannot validate.
-	serverPathBudget = 2
+	// maxLinkSockets bounds the UDP sockets one connection holds: every
+	// migration opens one, and quic-go destroys a connection when any
+	// transport it has used is closed, so they all stay open until the
+	// connection ends. A migration that would open one more reconnects
+	// instead (0-RTT, one round trip), which frees them. quic-go v0.66
+	// servers let a connection migrate any number of times (v0.64 only
+	// twice: it never retired the connection ID of the path it switched
+	// to); this cap is about the client's own file descriptors.
+	maxLinkSockets = 16
 	// Reconnect backoff: the first retry after minBackoff, doubling up to
 	// maxBackoff while the outage is young, maxBackoffLate after
 	// lateOutage, each with jitter.
@@ -253,8 +251,8 @@ func (s *supervisor) networkChanged(ctx context.Context, l *link) error {
 func (s *supervisor) migrate(ctx context.Context, l *link, reason string, to netPath) error {
 	c := s.c
 	start := time.Now()
-	if l.migrations >= serverPathBudget {
-		return lost("%s; this connection has moved %d times, as many as the server allows", reason, l.migrations)
+	if l.migrations+1 >= maxLinkSockets {
+		return lost("%s; this connection has moved %d times and holds %d sockets; a new connection frees them", reason, l.migrations, l.migrations+1)
 	}
 	tr, err := c.addSocket(l, to.local)
 	if err != nil {
