@@ -280,9 +280,10 @@ func (s *supervisor) migrate(ctx context.Context, l *link, reason string, to net
 	}
 	s.setLink(l.dl)
 	if l.qpath != nil {
-		// Abandoning the previous path retires its connection ID, so the
-		// server can issue a fresh one for the next migration (it keeps
-		// only a few active). Its socket stays open (see addSocket).
+		// Abandon the previous path. Switch already retired its
+		// connection ID (quic-go v0.65+; on v0.64 only Close did, and the
+		// server issues only a few). Its socket stays open (see
+		// addSocket).
 		l.qpath.Close()
 	}
 	l.qpath = path
