@@ -159,6 +159,44 @@ func TestMigrateOnNetworkChange(t *testing.T) {
 	}
 }
 
+// TestMigrateBackReusesSocket: a client moving back and forth between two
+// networks takes each network's socket again instead of opening one per
+// move, so one connection follows any number of such moves without
+// reconnecting (quic-go v0.64 servers allowed two).
+func TestMigrateBackReusesSocket(t *testing.T) {
+	ts := startTestServer(t, nil)
+	mon := &fakeMonitor{changes: make(chan struct{}, 1), local: netip.MustParseAddr("127.0.0.1"), ifindex: 1}
+	var sockets atomic.Int32
+	tc, err := startTestClient(t, ts, func(c *ClientConfig) {
+		c.Monitor = mon
+		c.ListenPacket = func(netip.Addr) (net.PacketConn, error) {
+			sockets.Add(1)
+			return net.ListenPacket("udp", "127.0.0.1:0")
+		}
+	})
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	gw := netip.MustParseAddr("100.96.0.1")
+	pingOnce(t, tc.net, gw)
+	moves := 2 * maxLinkSockets
+	for i := 1; i <= moves; i++ {
+		n := 1 + i%2 // 127.0.0.2, 127.0.0.1, 127.0.0.2, ...
+		mon.set("127.0.0."+strconv.Itoa(n), n, false)
+		waitForCond(t, "a migration", 10*time.Second, func() bool { return tc.client.migrations.Load() == uint64(i) })
+		pingOnce(t, tc.net, gw)
+	}
+	if n := sockets.Load(); n != 2 {
+		t.Fatalf("%d sockets opened for %d moves between two networks, want 2", n, moves)
+	}
+	if r := tc.client.reconnects.Load(); r != 0 {
+		t.Fatalf("%d reconnects, want 0", r)
+	}
+	if n := ts.srv.Stats().SessionsTotal.Load(); n != 1 {
+		t.Fatalf("the server saw %d sessions, want 1", n)
+	}
+}
+
 func TestLiveness(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	rtt := quic.ConnectionStats{SmoothedRTT: 10 * time.Millisecond}
