@@ -139,8 +139,10 @@ func (l *link) close(reason string) {
 // session: request, ADDRESS_REQUEST (want, or "any address" of each family
 // when want is nil), and waits for the answering ADDRESS_ASSIGN and a
 // ROUTE_ADVERTISEMENT. With a session ticket from an earlier connection it
-// resumes with 0-RTT, so the request goes in the first flight; if the
-// server refuses the 0-RTT data (it has other keys now) it dials again.
+// resumes with 0-RTT (the request itself leaves with the server's SETTINGS,
+// one round trip in, as the handshake completes: the server would not
+// answer a 0-RTT request earlier anyway); if the server refuses the 0-RTT
+// data (it has other keys now) it dials again.
 func (c *Client) connect(ctx context.Context, want []netip.Prefix) (*link, error) {
 	l, err := c.connectOnce(ctx, want)
 	if errors.Is(err, quic.Err0RTTRejected) {
@@ -210,8 +212,8 @@ func addressRequest(want []netip.Prefix) capsule.AddressRequest {
 }
 
 // request opens the CONNECT-IP request stream, sends the request and the
-// ADDRESS_REQUEST at once (in 0-RTT when resuming), then checks the
-// server's SETTINGS and response.
+// ADDRESS_REQUEST at once (as soon as the server's SETTINGS have arrived),
+// then checks the server's SETTINGS and response.
 func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) error {
 	early := true // sending 0-RTT data
 	select {
@@ -235,7 +237,18 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 			"Capsule-Protocol": {"?1"},
 		},
 	}
-	if err := str.SendRequestHeader(req); err != nil {
+	// quic-go v0.65+ holds an Extended CONNECT until the server's
+	// SETTINGS have arrived (RFC 8441 §3) and waits for them with the
+	// stream's context only: cancelling the stream ends the wait when ctx
+	// ends (the attempt's deadline, the client stopping), not the
+	// handshake timeout.
+	stopSend := context.AfterFunc(ctx, func() { str.CancelWrite(errCodeRequestCancelled) })
+	err = str.SendRequestHeader(req)
+	stopSend()
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("sending the CONNECT-IP request: %w", context.Cause(ctx))
+		}
 		return fmt.Errorf("sending the CONNECT-IP request: %w", err)
 	}
 	ar := addressRequest(want)
