@@ -97,6 +97,36 @@ func (m *fakeMonitor) set(local string, ifindex int, down bool) {
 	m.changes <- struct{}{}
 }
 
+// TestStopWhileReconnecting: the server goes away for good; the client,
+// resuming with 0-RTT, has a request waiting for the server's SETTINGS
+// (quic-go v0.65+ holds an Extended CONNECT until then) when it is told
+// to stop, and Run returns at once, not after the handshake timeout.
+func TestStopWhileReconnecting(t *testing.T) {
+	secret := make([]byte, 32)
+	rand.Read(secret)
+	ts := startTestServerWith(t, testServerOpts{secret: secret})
+	tc, err := startTestClient(t, ts, nil)
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	pingOnce(t, tc.net, netip.MustParseAddr("100.96.0.1"))
+	ts.stop()
+	// The connection is closed by the server at once; the first attempt
+	// follows within the first backoff and stalls on its request.
+	time.Sleep(minBackoff + 300*time.Millisecond)
+	start := time.Now()
+	tc.cancel()
+	select {
+	case err := <-tc.done:
+		tc.done <- err // for the cleanup
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("Run returned %v after the cancel, want at once", d.Round(time.Millisecond))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within 10 s of the cancel")
+	}
+}
+
 // TestMigrateOnNetworkChange: when the monitor reports a new path, the
 // client moves its connection to a new socket (AddPath, Probe, Switch) and
 // the tunnel keeps working, migration after migration (a quic-go v0.64
