@@ -29,7 +29,8 @@ const (
 	minStall, maxStall = 1500 * time.Millisecond, 8 * time.Second
 	// minProbe and maxProbe bound a migration's path validation (4 RTTs).
 	// A path that does not validate in that time costs a reconnect, which
-	// takes one round trip with 0-RTT; waiting longer only stretches the
+	// takes two round trips with 0-RTT (the server answers the request
+	// once the handshake completes); waiting longer only stretches the
 	// outage.
 	minProbe, maxProbe = 250 * time.Millisecond, 2 * time.Second
 	// maxLinkSockets bounds the UDP sockets one connection holds: a
@@ -37,8 +38,7 @@ const (
 	// address takes that address's socket again), and quic-go destroys a
 	// connection when any transport it has used is closed, so they all
 	// stay open until the connection ends. A migration that would open
-	// one more reconnects instead (0-RTT, one round trip), which frees
-	// them. quic-go v0.66 servers let a connection migrate any number of
+	// one more reconnects instead (0-RTT), which frees them. quic-go v0.66 servers let a connection migrate any number of
 	// times (v0.64 only twice: it never retired the connection ID of the
 	// path it switched to); this cap is about the client's own file
 	// descriptors.
