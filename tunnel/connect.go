@@ -24,25 +24,35 @@ import (
 // stream and every transport (UDP socket) it has used. The client replaces
 // the link on reconnect; the device and the pump stay.
 type link struct {
-	conn       *quic.Conn
-	cc         *http3.ClientConn // opens flow streams
-	str        *http3.RequestStream
-	rd         *capsule.Reader
-	dl         *datagram.Link
-	assign     *capsule.AddressAssign
-	routes     *capsule.RouteAdvertisement
-	server     netip.Addr // the server's address this connection dialed
-	path       netPath    // where the current path leaves the host (zero if unknown)
-	qpath      *quic.Path // the path migrated to last; nil for the dialed one
-	migrations int        // successful migrations of conn
+	conn   *quic.Conn
+	cc     *http3.ClientConn // opens flow streams
+	str    *http3.RequestStream
+	rd     *capsule.Reader
+	dl     *datagram.Link
+	assign *capsule.AddressAssign
+	routes *capsule.RouteAdvertisement
+	server netip.Addr // the server's address this connection dialed
+	path   netPath    // where the current path leaves the host (zero if unknown)
+	qpath  *quic.Path // the path migrated to last; nil for the dialed one
 
 	// dns is the DNS_ASSIGN that came with the configuration; nil if none.
 	dns *capsule.DNSAssign
 
+	// tr is the transport of the current path; set by dial and migrate
+	// (the supervisor's goroutine), read there only.
+	tr *quic.Transport
+
 	mu      sync.Mutex
-	sockets []net.PacketConn  // guarded by mu; closed with the link
-	trs     []*quic.Transport // guarded by mu; closed with the link
-	closed  bool              // guarded by mu
+	sockets []linkSocket // guarded by mu; closed with the link
+	closed  bool         // guarded by mu
+}
+
+// linkSocket is one UDP socket a link's connection has used, with its
+// transport and the local address it was opened on.
+type linkSocket struct {
+	pc    net.PacketConn
+	tr    *quic.Transport
+	local netip.Addr
 }
 
 // netPath is the host side of a network path: the local address and
@@ -67,9 +77,37 @@ func (c *Client) addSocket(l *link, local netip.Addr) (*quic.Transport, error) {
 		pc.Close()
 		return nil, net.ErrClosed
 	}
-	l.sockets = append(l.sockets, pc)
-	l.trs = append(l.trs, tr)
+	l.sockets = append(l.sockets, linkSocket{pc, tr, local})
 	return tr, nil
+}
+
+// earlierSocket returns the transport of the socket l last opened on
+// local, unless that is the current path's: moving back to a network it
+// has used before, the connection takes its socket again instead of
+// holding one more. It returns nil if there is none (or local is
+// unspecified: such a socket sends from whatever address the host has).
+func (l *link) earlierSocket(local netip.Addr) *quic.Transport {
+	if !local.IsValid() || local.IsUnspecified() {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := len(l.sockets) - 1; i >= 0; i-- {
+		if ls := l.sockets[i]; ls.local == local {
+			if ls.tr == l.tr {
+				return nil
+			}
+			return ls.tr
+		}
+	}
+	return nil
+}
+
+// socketCount is the number of sockets l holds.
+func (l *link) socketCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.sockets)
 }
 
 // close ends the request stream and the connection and closes every
@@ -89,11 +127,11 @@ func (l *link) close(reason string) {
 	if l.conn != nil {
 		l.conn.CloseWithError(0, reason)
 	}
-	for _, tr := range l.trs {
-		tr.Close()
+	for _, ls := range l.sockets {
+		ls.tr.Close()
 	}
-	for _, pc := range l.sockets {
-		pc.Close()
+	for _, ls := range l.sockets {
+		ls.pc.Close()
 	}
 }
 
@@ -101,8 +139,10 @@ func (l *link) close(reason string) {
 // session: request, ADDRESS_REQUEST (want, or "any address" of each family
 // when want is nil), and waits for the answering ADDRESS_ASSIGN and a
 // ROUTE_ADVERTISEMENT. With a session ticket from an earlier connection it
-// resumes with 0-RTT, so the request goes in the first flight; if the
-// server refuses the 0-RTT data (it has other keys now) it dials again.
+// resumes with 0-RTT (the request itself leaves with the server's SETTINGS,
+// one round trip in, as the handshake completes: the server would not
+// answer a 0-RTT request earlier anyway); if the server refuses the 0-RTT
+// data (it has other keys now) it dials again.
 func (c *Client) connect(ctx context.Context, want []netip.Prefix) (*link, error) {
 	l, err := c.connectOnce(ctx, want)
 	if errors.Is(err, quic.Err0RTTRejected) {
@@ -136,6 +176,7 @@ func (c *Client) connectOnce(ctx context.Context, want []netip.Prefix) (_ *link,
 	if err != nil {
 		return nil, err
 	}
+	l.tr = tr
 	conn, err := tr.DialEarly(ctx, raddr, c.tlsConfig(), quicConfig(DefaultKeepAlive))
 	if err != nil {
 		return nil, classifyDialError(c.cfg.Server, err)
@@ -171,8 +212,8 @@ func addressRequest(want []netip.Prefix) capsule.AddressRequest {
 }
 
 // request opens the CONNECT-IP request stream, sends the request and the
-// ADDRESS_REQUEST at once (in 0-RTT when resuming), then checks the
-// server's SETTINGS and response.
+// ADDRESS_REQUEST at once (as soon as the server's SETTINGS have arrived),
+// then checks the server's SETTINGS and response.
 func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) error {
 	early := true // sending 0-RTT data
 	select {
@@ -196,7 +237,18 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 			"Capsule-Protocol": {"?1"},
 		},
 	}
-	if err := str.SendRequestHeader(req); err != nil {
+	// quic-go v0.65+ holds an Extended CONNECT until the server's
+	// SETTINGS have arrived (RFC 8441 §3) and waits for them with the
+	// stream's context only: cancelling the stream ends the wait when ctx
+	// ends (the attempt's deadline, the client stopping), not the
+	// handshake timeout.
+	stopSend := context.AfterFunc(ctx, func() { str.CancelWrite(errCodeRequestCancelled) })
+	err = str.SendRequestHeader(req)
+	stopSend()
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("sending the CONNECT-IP request: %w", context.Cause(ctx))
+		}
 		return fmt.Errorf("sending the CONNECT-IP request: %w", err)
 	}
 	ar := addressRequest(want)

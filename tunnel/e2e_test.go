@@ -158,6 +158,7 @@ type testClient struct {
 	info   Info
 	dev    datagram.Device
 	done   chan error
+	cancel context.CancelFunc // stops Run; the cleanup waits for done
 }
 
 func startTestClient(t *testing.T, ts *testServer, mutate func(*ClientConfig)) (*testClient, error) {
@@ -195,6 +196,7 @@ func startTestClient(t *testing.T, ts *testServer, mutate func(*ClientConfig)) (
 	}
 	tc.client = c
 	ctx, cancel := context.WithCancel(context.Background())
+	tc.cancel = cancel
 	go func() { tc.done <- c.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()

@@ -97,9 +97,41 @@ func (m *fakeMonitor) set(local string, ifindex int, down bool) {
 	m.changes <- struct{}{}
 }
 
+// TestStopWhileReconnecting: the server goes away for good; the client,
+// resuming with 0-RTT, has a request waiting for the server's SETTINGS
+// (quic-go v0.65+ holds an Extended CONNECT until then) when it is told
+// to stop, and Run returns at once, not after the handshake timeout.
+func TestStopWhileReconnecting(t *testing.T) {
+	secret := make([]byte, 32)
+	rand.Read(secret)
+	ts := startTestServerWith(t, testServerOpts{secret: secret})
+	tc, err := startTestClient(t, ts, nil)
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	pingOnce(t, tc.net, netip.MustParseAddr("100.96.0.1"))
+	ts.stop()
+	// The connection is closed by the server at once; the first attempt
+	// follows within the first backoff and stalls on its request.
+	time.Sleep(minBackoff + 300*time.Millisecond)
+	start := time.Now()
+	tc.cancel()
+	select {
+	case err := <-tc.done:
+		tc.done <- err // for the cleanup
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("Run returned %v after the cancel, want at once", d.Round(time.Millisecond))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within 10 s of the cancel")
+	}
+}
+
 // TestMigrateOnNetworkChange: when the monitor reports a new path, the
 // client moves its connection to a new socket (AddPath, Probe, Switch) and
-// the tunnel keeps working; a third change within 5 s reconnects instead;
+// the tunnel keeps working, migration after migration (a quic-go v0.64
+// server allowed two per connection); the change that would open the
+// connection's maxLinkSockets+1st socket reconnects instead;
 // while there is no route the pump is paused (drops counted), and the same
 // path coming back resumes it without a migration or reconnect.
 func TestMigrateOnNetworkChange(t *testing.T) {
@@ -119,22 +151,26 @@ func TestMigrateOnNetworkChange(t *testing.T) {
 	gw := netip.MustParseAddr("100.96.0.1")
 	pingOnce(t, tc.net, gw)
 
-	for i := 1; i <= 2; i++ {
+	for i := 1; i < maxLinkSockets; i++ {
 		mon.set("127.0.0."+strconv.Itoa(i+1), i+1, false)
 		waitForCond(t, "a migration", 10*time.Second, func() bool { return tc.client.migrations.Load() == uint64(i) })
 		pingOnce(t, tc.net, gw)
 	}
-	if n := sockets.Load(); n != 3 {
-		t.Fatalf("%d sockets opened, want 3 (one per path)", n)
+	if n := sockets.Load(); n != maxLinkSockets {
+		t.Fatalf("%d sockets opened, want %d (one per path)", n, maxLinkSockets)
 	}
-	// A third change within 5 s: a quic-go server would ignore the new
-	// path, so the client reconnects right away instead.
-	mon.set("127.0.0.4", 4, false)
+	if r := tc.client.reconnects.Load(); r != 0 {
+		t.Fatalf("%d reconnects during %d migrations, want 0", r, maxLinkSockets-1)
+	}
+	// One more change would open one more socket: the client reconnects
+	// instead, which closes the old connection's sockets.
+	last := maxLinkSockets + 1
+	mon.set("127.0.0."+strconv.Itoa(last), last, false)
 	waitForCond(t, "a reconnect", 10*time.Second, func() bool { return tc.client.reconnects.Load() == 1 })
 	pingOnce(t, tc.net, gw)
 
 	// No route: paused; packets are dropped and counted, not sent.
-	mon.set("127.0.0.4", 4, true)
+	mon.set("127.0.0."+strconv.Itoa(last), last, true)
 	waitForCond(t, "the pause", 10*time.Second, func() bool {
 		c, err := tc.net.DialUDPAddrPort(netip.AddrPort{}, netip.AddrPortFrom(gw, 9))
 		if err != nil {
@@ -146,10 +182,48 @@ func TestMigrateOnNetworkChange(t *testing.T) {
 		return tc.client.stats.DropNoLink.Load() > 0
 	})
 	// The same path is back: resumed without another migration.
-	mon.set("127.0.0.4", 4, false)
+	mon.set("127.0.0."+strconv.Itoa(last), last, false)
 	pingOnce(t, tc.net, gw)
-	if m, r := tc.client.migrations.Load(), tc.client.reconnects.Load(); m != 2 || r != 1 {
-		t.Fatalf("migrations %d reconnects %d, want 2 and 1", m, r)
+	if m, r := tc.client.migrations.Load(), tc.client.reconnects.Load(); m != maxLinkSockets-1 || r != 1 {
+		t.Fatalf("migrations %d reconnects %d, want %d and 1", m, r, maxLinkSockets-1)
+	}
+}
+
+// TestMigrateBackReusesSocket: a client moving back and forth between two
+// networks takes each network's socket again instead of opening one per
+// move, so one connection follows any number of such moves without
+// reconnecting (quic-go v0.64 servers allowed two).
+func TestMigrateBackReusesSocket(t *testing.T) {
+	ts := startTestServer(t, nil)
+	mon := &fakeMonitor{changes: make(chan struct{}, 1), local: netip.MustParseAddr("127.0.0.1"), ifindex: 1}
+	var sockets atomic.Int32
+	tc, err := startTestClient(t, ts, func(c *ClientConfig) {
+		c.Monitor = mon
+		c.ListenPacket = func(netip.Addr) (net.PacketConn, error) {
+			sockets.Add(1)
+			return net.ListenPacket("udp", "127.0.0.1:0")
+		}
+	})
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	gw := netip.MustParseAddr("100.96.0.1")
+	pingOnce(t, tc.net, gw)
+	moves := 2 * maxLinkSockets
+	for i := 1; i <= moves; i++ {
+		n := 1 + i%2 // 127.0.0.2, 127.0.0.1, 127.0.0.2, ...
+		mon.set("127.0.0."+strconv.Itoa(n), n, false)
+		waitForCond(t, "a migration", 10*time.Second, func() bool { return tc.client.migrations.Load() == uint64(i) })
+		pingOnce(t, tc.net, gw)
+	}
+	if n := sockets.Load(); n != 2 {
+		t.Fatalf("%d sockets opened for %d moves between two networks, want 2", n, moves)
+	}
+	if r := tc.client.reconnects.Load(); r != 0 {
+		t.Fatalf("%d reconnects, want 0", r)
+	}
+	if n := ts.srv.Stats().SessionsTotal.Load(); n != 1 {
+		t.Fatalf("the server saw %d sessions, want 1", n)
 	}
 }
 

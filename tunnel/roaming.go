@@ -29,20 +29,20 @@ const (
 	minStall, maxStall = 1500 * time.Millisecond, 8 * time.Second
 	// minProbe and maxProbe bound a migration's path validation (4 RTTs).
 	// A path that does not validate in that time costs a reconnect, which
-	// takes one round trip with 0-RTT; waiting longer only stretches the
+	// takes two round trips with 0-RTT (the server answers the request
+	// once the handshake completes); waiting longer only stretches the
 	// outage.
 	minProbe, maxProbe = 250 * time.Millisecond, 2 * time.Second
-	// serverPathBudget is how many migrations one connection survives on
-	// a quic-go v0.64 server. The server validates each new path with one
-	// of the client's connection IDs and never retires it after switching
-	// to the path (path_manager.go SwitchToPath clears its list without
-	// retiring the path in use), so each migration or NAT rebinding uses
-	// up one of the 3 spare IDs that active_connection_id_limit 4 allows,
-	// and the handshake's first ID change takes another: the third new
-	// path is "skipped since no connection ID is available" (measured).
-	// The client reconnects (0-RTT, one round trip) instead of probing a
-	// path that cannot validate.
-	serverPathBudget = 2
+	// maxLinkSockets bounds the UDP sockets one connection holds: a
+	// migration to a new local address opens one (moving back to an
+	// address takes that address's socket again), and quic-go destroys a
+	// connection when any transport it has used is closed, so they all
+	// stay open until the connection ends. A migration that would open
+	// one more reconnects instead (0-RTT), which frees them. quic-go v0.66 servers let a connection migrate any number of
+	// times (v0.64 only twice: it never retired the connection ID of the
+	// path it switched to); this cap is about the client's own file
+	// descriptors.
+	maxLinkSockets = 16
 	// Reconnect backoff: the first retry after minBackoff, doubling up to
 	// maxBackoff while the outage is young, maxBackoffLate after
 	// lateOutage, each with jitter.
@@ -214,7 +214,8 @@ func (s *supervisor) serve(ctx context.Context, l *link) error {
 					to = netPath{local, ifindex}
 				}
 			}
-			if err := s.migrate(ctx, l, fmt.Sprintf("no answer from the server for %v", silent.Round(time.Millisecond)), to); err != nil {
+			// A fresh socket: the silence may be a NAT mapping that died.
+			if err := s.migrate(ctx, l, fmt.Sprintf("no answer from the server for %v", silent.Round(time.Millisecond)), to, true); err != nil {
 				return err
 			}
 			live.reset(time.Now(), l.conn.ConnectionStats(), s.c.stats.TxPackets.Load())
@@ -244,21 +245,29 @@ func (s *supervisor) networkChanged(ctx context.Context, l *link) error {
 		}
 		return nil
 	}
-	return s.migrate(ctx, l, fmt.Sprintf("network changed: local address %v -> %v", l.path.local, local), to)
+	return s.migrate(ctx, l, fmt.Sprintf("network changed: local address %v -> %v", l.path.local, local), to, false)
 }
 
-// migrate moves l's connection to a new socket (AddPath, Probe, Switch),
-// with the pump paused while the path is probed. It returns a *lostError
-// when the connection cannot move (the caller reconnects instead).
-func (s *supervisor) migrate(ctx context.Context, l *link, reason string, to netPath) error {
+// migrate moves l's connection to a socket on to.local (AddPath, Probe,
+// Switch), with the pump paused while the path is probed: the socket the
+// connection used on that address before unless fresh is set or there is
+// none, else a new one. It returns a *lostError when the connection cannot
+// move (the caller reconnects instead).
+func (s *supervisor) migrate(ctx context.Context, l *link, reason string, to netPath, fresh bool) error {
 	c := s.c
 	start := time.Now()
-	if l.migrations >= serverPathBudget {
-		return lost("%s; this connection has moved %d times, as many as the server allows", reason, l.migrations)
+	var tr *quic.Transport
+	if !fresh {
+		tr = l.earlierSocket(to.local)
 	}
-	tr, err := c.addSocket(l, to.local)
-	if err != nil {
-		return lost("%s; migration failed: %v", reason, err)
+	if tr == nil {
+		if n := l.socketCount(); n >= maxLinkSockets {
+			return lost("%s; this connection holds %d sockets already; a new connection frees them", reason, n)
+		}
+		var err error
+		if tr, err = c.addSocket(l, to.local); err != nil {
+			return lost("%s; migration failed: %v", reason, err)
+		}
 	}
 	path, err := l.conn.AddPath(tr)
 	if err != nil {
@@ -282,14 +291,15 @@ func (s *supervisor) migrate(ctx context.Context, l *link, reason string, to net
 	}
 	s.setLink(l.dl)
 	if l.qpath != nil {
-		// Abandoning the previous path retires its connection ID, so the
-		// server can issue a fresh one for the next migration (it keeps
-		// only a few active). Its socket stays open (see addSocket).
+		// Abandon the previous path. Switch already retired its
+		// connection ID (quic-go v0.65+; on v0.64 only Close did, and the
+		// server issues only a few). Its socket stays open (see
+		// addSocket).
 		l.qpath.Close()
 	}
 	l.qpath = path
+	l.tr = tr
 	l.path = to
-	l.migrations++
 	c.migrations.Add(1)
 	c.log.Info("path changed", "reason", reason, "local", tr.Conn.LocalAddr(), "took", time.Since(start).Round(time.Microsecond))
 	return nil
