@@ -16,13 +16,13 @@ type Encoder struct {
 	k, m   int    // the current block's shape (m == 0: unprotected)
 	// pendingK and pendingM are the shape of the next block.
 	pendingK, pendingM int
-	seq    uint32 // next data sequence number
-	base   uint32 // first sequence number of the current block
-	n      int    // data packets in the current block
-	start  time.Time
-	size   int      // longest shard of the block
-	shards [][]byte // n shards: length prefix, packet (cap maxShard)
-	all    [][]byte // scratch: data and parity shards for the codec
+	seq                uint32 // next data sequence number
+	base               uint32 // first sequence number of the current block
+	n                  int    // data packets in the current block
+	start              time.Time
+	size               int      // longest shard of the block
+	shards             [][]byte // n shards: length prefix, packet (cap maxShard)
+	all                [][]byte // scratch: data and parity shards for the codec
 
 	// Counters.
 	DataFrames, ParityFrames, Blocks uint64
