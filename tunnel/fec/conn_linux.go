@@ -97,7 +97,7 @@ type Conn struct {
 	lastK   atomic.Int64             // K<<8|M of the last block shape used
 	sweep   time.Time                // read side only
 
-	noPeer, refused, malformed atomic.Uint64
+	noPeer, refused, malformed, reports atomic.Uint64
 	gsoSeen                    atomic.Bool
 
 	// Read side: one reader at a time.
@@ -226,6 +226,15 @@ func addDecoderStats(a, b *DecoderStats) {
 	a.Malformed += b.Malformed
 }
 
+// SetWriteBuffer sets the socket's send buffer size (quic-go asks for a
+// large one).
+func (c *Conn) SetWriteBuffer(n int) error {
+	if wb, ok := c.PacketConn.(interface{ SetWriteBuffer(int) error }); ok {
+		return wb.SetWriteBuffer(n)
+	}
+	return errors.New("fec: the wrapped socket cannot set its send buffer size")
+}
+
 // Stats returns the counters.
 func (c *Conn) Stats() Stats {
 	c.mu.RLock()
@@ -243,6 +252,7 @@ func (c *Conn) Stats() Stats {
 	}
 	c.mu.RUnlock()
 	s.NoPeer = c.noPeer.Load()
+	s.Reports = c.reports.Load()
 	s.PeersRefused = c.refused.Load()
 	s.Malformed += c.malformed.Load()
 	km := c.lastK.Load()
@@ -369,6 +379,7 @@ func (c *Conn) sendReport(p *peer, now time.Time) {
 	p.rmu.Unlock()
 	k, m := p.want.wantFields()
 	var b [ReportLen]byte
+	c.reports.Add(1)
 	c.PacketConn.WriteMsgUDP(AppendReport(b[:0], k, m, recv, lost), p.poob, p.addr)
 }
 
