@@ -18,6 +18,7 @@ import (
 
 	"github.com/roamvpn/roam/datagram"
 	"github.com/roamvpn/roam/tunnel/capsule"
+	"github.com/roamvpn/roam/tunnel/fec"
 )
 
 // link is one QUIC connection carrying the tunnel: its CONNECT-IP request
@@ -43,6 +44,13 @@ type link struct {
 	sockets []net.PacketConn  // guarded by mu; closed with the link
 	trs     []*quic.Transport // guarded by mu; closed with the link
 	closed  bool              // guarded by mu
+	// fecs are the sockets' FEC wrappers (ClientConfig.FEC); fecOn is set
+	// once the server agreed to FEC, and new paths frame from the start.
+	fecs  []*fec.Conn // guarded by mu
+	fecOn bool        // guarded by mu
+	raddr *net.UDPAddr
+	// fecDone receives the FEC counters of l's sockets when l closes.
+	fecDone *fecTotals
 }
 
 // netPath is the host side of a network path: the local address and
@@ -60,12 +68,26 @@ func (c *Client) addSocket(l *link, local netip.Addr) (*quic.Transport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening a UDP socket: %w", err)
 	}
-	tr := &quic.Transport{Conn: lossy(pc, &c.pathDrops), ConnectionIDLength: 4}
+	conn := lossy(pc, &c.pathDrops)
+	var fc *fec.Conn
+	if !c.cfg.FEC.Off() {
+		if u, ok := conn.(*lossyUDPConn); ok {
+			fc = fec.NewConn(u, fec.Config{})
+			conn = fc
+		}
+	}
+	tr := &quic.Transport{Conn: conn, ConnectionIDLength: 4}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
 		pc.Close()
 		return nil, net.ErrClosed
+	}
+	if fc != nil {
+		l.fecs = append(l.fecs, fc)
+		if l.fecOn {
+			fc.Enable(l.raddr, c.cfg.FEC)
+		}
 	}
 	l.sockets = append(l.sockets, pc)
 	l.trs = append(l.trs, tr)
@@ -82,6 +104,10 @@ func (l *link) close(reason string) {
 	}
 	l.closed = true
 	l.mu.Unlock()
+	if l.fecDone != nil {
+		s, _ := l.fecStats()
+		l.fecDone.add(s)
+	}
 	if l.str != nil {
 		l.str.CancelRead(errCodeRequestCancelled)
 		l.str.Close()
@@ -121,7 +147,7 @@ func (c *Client) connectOnce(ctx context.Context, want []netip.Prefix) (_ *link,
 	if err != nil {
 		return nil, fmt.Errorf("resolving server %q: %w", c.cfg.Server, err)
 	}
-	l := &link{server: raddr.AddrPort().Addr().Unmap()}
+	l := &link{server: raddr.AddrPort().Addr().Unmap(), raddr: raddr, fecDone: &c.fecTotal}
 	defer func() {
 		if err != nil {
 			l.close("setup failed")
@@ -196,6 +222,9 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 			"Capsule-Protocol": {"?1"},
 		},
 	}
+	if !c.cfg.FEC.Off() {
+		req.Header.Set(FECHeader, c.cfg.FEC.String())
+	}
 	if err := str.SendRequestHeader(req); err != nil {
 		return fmt.Errorf("sending the CONNECT-IP request: %w", err)
 	}
@@ -261,7 +290,82 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 		return permanent(ErrNoDatagrams)
 	}
 	l.rd = capsule.NewReader(str)
+	if !c.cfg.FEC.Off() && resp.Header.Get(FECHeader) != "" {
+		l.enableFEC(c.cfg.FEC)
+	}
 	return nil
+}
+
+// FECHeader is the CONNECT-IP request and response header that negotiates
+// forward error correction (tunnel/fec): the client asks with its policy
+// ("auto" or "K:M"), a server that speaks FEC answers with the policy it
+// will follow. Only then do both ends frame their packets; peers that
+// never ask (browsers, other CONNECT-IP clients) get plain QUIC.
+const FECHeader = "Roam-Fec"
+
+// enableFEC starts framing on every socket of l, and on the ones it opens
+// later.
+func (l *link) enableFEC(p fec.Policy) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.fecOn = true
+	for _, fc := range l.fecs {
+		fc.Enable(l.raddr, p)
+	}
+}
+
+// fecTotals sums the FEC counters of closed links.
+type fecTotals struct {
+	mu sync.Mutex
+	s  fec.Stats
+}
+
+func (t *fecTotals) add(s fec.Stats) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	addFECStats(&t.s, s)
+}
+
+func (t *fecTotals) get() fec.Stats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.s
+}
+
+// addFECStats adds b's counters to a (and takes b's gauges).
+func addFECStats(a *fec.Stats, b fec.Stats) {
+	d := &a.DecoderStats
+	d.Received += b.Received
+	d.Duplicates += b.Duplicates
+	d.Late += b.Late
+	d.Resyncs += b.Resyncs
+	d.Recovered += b.Recovered
+	d.Unrecovered += b.Unrecovered
+	d.Lost += b.Lost
+	d.Held += b.Held
+	d.HoldTimeouts += b.HoldTimeouts
+	d.Parity += b.Parity
+	d.ParityUnused += b.ParityUnused
+	d.Malformed += b.Malformed
+	a.DataFrames += b.DataFrames
+	a.ParityFrames += b.ParityFrames
+	a.Reports += b.Reports
+	a.NoPeer += b.NoPeer
+	a.PeersRefused += b.PeersRefused
+	if b.Peers > 0 {
+		a.Peers += b.Peers
+		a.K, a.M, a.PeerLoss = b.K, b.M, b.PeerLoss
+	}
+}
+
+// fecStats sums the FEC counters of l's sockets.
+func (l *link) fecStats() (s fec.Stats, on bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, fc := range l.fecs {
+		addFECStats(&s, fc.Stats())
+	}
+	return s, l.fecOn
 }
 
 // awaitConfig reads capsules until a ROUTE_ADVERTISEMENT and an

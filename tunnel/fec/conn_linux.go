@@ -98,7 +98,7 @@ type Conn struct {
 	sweep   time.Time                // read side only
 
 	noPeer, refused, malformed, reports atomic.Uint64
-	gsoSeen                    atomic.Bool
+	gsoSeen                             atomic.Bool
 
 	// Read side: one reader at a time.
 	rmu    sync.Mutex
