@@ -273,8 +273,14 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	dev = &closeOnceDevice{Device: dev}
 	defer dev.Close()
+	fecMode := "off"
+	if _, on := l.fecStats(); on {
+		fecMode = c.cfg.FEC.String()
+	} else if !c.cfg.FEC.Off() {
+		fecMode = "off (the server does not offer it)"
+	}
 	c.log.Info("tunnel up", "server", c.cfg.Server, "addresses", info.Addresses, "routes", info.Routes,
-		"mtu", info.MTU, "mode", mode, "setup", time.Since(start).Round(time.Millisecond))
+		"mtu", info.MTU, "mode", mode, "fec", fecMode, "setup", time.Since(start).Round(time.Millisecond))
 	c.status.mu.Lock()
 	c.status.info = &info
 	c.status.mu.Unlock()
