@@ -184,7 +184,7 @@ func (c *Client) FECStats() (fec.Stats, bool) {
 		if l := sup.cur.Load(); l != nil {
 			var cur fec.Stats
 			cur, on = l.fecStats()
-			addFECStats(&s, cur)
+			s.Add(cur)
 		}
 	}
 	return s, on

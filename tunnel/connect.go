@@ -70,7 +70,7 @@ func (c *Client) addSocket(l *link, local netip.Addr) (*quic.Transport, error) {
 	}
 	conn := lossy(pc, &c.pathDrops)
 	var fc *fec.Conn
-	if !c.cfg.FEC.Off() {
+	if !c.cfg.FEC.Off() && fec.Supported {
 		if u, ok := conn.(*lossyUDPConn); ok {
 			fc = fec.NewConn(u, fec.Config{})
 			conn = fc
@@ -222,7 +222,7 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 			"Capsule-Protocol": {"?1"},
 		},
 	}
-	if !c.cfg.FEC.Off() {
+	if !c.cfg.FEC.Off() && fec.Supported {
 		req.Header.Set(FECHeader, c.cfg.FEC.String())
 	}
 	if err := str.SendRequestHeader(req); err != nil {
@@ -323,7 +323,7 @@ type fecTotals struct {
 func (t *fecTotals) add(s fec.Stats) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	addFECStats(&t.s, s)
+	t.s.Add(s)
 }
 
 func (t *fecTotals) get() fec.Stats {
@@ -332,38 +332,12 @@ func (t *fecTotals) get() fec.Stats {
 	return t.s
 }
 
-// addFECStats adds b's counters to a (and takes b's gauges).
-func addFECStats(a *fec.Stats, b fec.Stats) {
-	d := &a.DecoderStats
-	d.Received += b.Received
-	d.Duplicates += b.Duplicates
-	d.Late += b.Late
-	d.Resyncs += b.Resyncs
-	d.Recovered += b.Recovered
-	d.Unrecovered += b.Unrecovered
-	d.Lost += b.Lost
-	d.Held += b.Held
-	d.HoldTimeouts += b.HoldTimeouts
-	d.Parity += b.Parity
-	d.ParityUnused += b.ParityUnused
-	d.Malformed += b.Malformed
-	a.DataFrames += b.DataFrames
-	a.ParityFrames += b.ParityFrames
-	a.Reports += b.Reports
-	a.NoPeer += b.NoPeer
-	a.PeersRefused += b.PeersRefused
-	if b.Peers > 0 {
-		a.Peers += b.Peers
-		a.K, a.M, a.PeerLoss = b.K, b.M, b.PeerLoss
-	}
-}
-
 // fecStats sums the FEC counters of l's sockets.
 func (l *link) fecStats() (s fec.Stats, on bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, fc := range l.fecs {
-		addFECStats(&s, fc.Stats())
+		s.Add(fc.Stats())
 	}
 	return s, l.fecOn
 }

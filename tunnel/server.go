@@ -369,7 +369,7 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 		return err
 	}
 	conn := pc
-	if u, ok := pc.(fec.PacketConn); ok && !s.cfg.DisableFEC {
+	if u, ok := pc.(fec.PacketConn); ok && !s.cfg.DisableFEC && fec.Supported {
 		// Not closed here: pc belongs to the caller.
 		fc := fec.NewConn(u, fec.Config{Accept: true})
 		s.fec.Store(fc)

@@ -17,67 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// PacketConn is what Conn wraps: a UDP socket as quic-go uses it with GSO,
-// ECN and batched reads (*net.UDPConn, or a wrapper that embeds one).
-type PacketConn interface {
-	net.PacketConn
-	SyscallConn() (syscall.RawConn, error)
-	SetReadBuffer(int) error
-	ReadMsgUDP(b, oob []byte) (n, oobn, flags int, addr *net.UDPAddr, err error)
-	WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error)
-}
-
-// Config configures a Conn. Zero fields take the defaults.
-type Config struct {
-	// Accept makes the Conn answer any address that sends it valid FEC
-	// frames with FEC frames (the server). Without it, only addresses
-	// passed to Enable get them (the client).
-	Accept bool
-	// Hold bounds how long a packet that follows a missing one waits for
-	// it (default 8 ms).
-	Hold time.Duration
-	// Flush is how long a partial block waits for more packets before its
-	// parity is sent (default 1 ms).
-	Flush time.Duration
-	// MaxPeers bounds the addresses with FEC state (default 4096); Idle
-	// is how long an address that sends nothing keeps it (default 1 min).
-	MaxPeers int
-	Idle     time.Duration
-}
-
-const (
-	defaultHold     = 8 * time.Millisecond
-	defaultFlush    = time.Millisecond
-	defaultMaxPeers = 4096
-	defaultIdle     = time.Minute
-	reportInterval  = 50 * time.Millisecond
-	// lossDecay is how much of the loss history each report keeps (about
-	// half a second of memory at one report per 50 ms).
-	lossDecay = 0.9
-	// cleanLoss is the loss rate below which the auto policy sends no
-	// parity.
-	cleanLoss = 1e-5
-	rbufSize  = 2048
-	readBatch = 8
-)
-
-// Stats counts what a Conn did, over all peers, since it was made.
-type Stats struct {
-	DecoderStats
-	// Peers is the number of addresses with FEC state now.
-	Peers int
-	// DataFrames and ParityFrames count frames sent; Reports counts
-	// reports sent.
-	DataFrames, ParityFrames, Reports uint64
-	// NoPeer counts FEC frames from addresses without FEC state (dropped);
-	// PeersRefused counts addresses refused because the table was full.
-	NoPeer, PeersRefused uint64
-	// Parity is the parity (K:M, 0:0 for none) sent to the most recently
-	// active peer, and PeerLoss the loss rate it reported last.
-	K, M     int
-	PeerLoss float64
-}
-
 // Conn wraps a UDP socket for a quic.Transport. To addresses with FEC state
 // it sends every QUIC packet as a data frame, followed by parity frames
 // after each block, and from them it turns frames back into QUIC packets
@@ -209,21 +148,6 @@ func (c *Conn) removeLocked(p *peer) {
 	p.rmu.Lock()
 	addDecoderStats(&c.retired.DecoderStats, &p.dec.Stats)
 	p.rmu.Unlock()
-}
-
-func addDecoderStats(a, b *DecoderStats) {
-	a.Received += b.Received
-	a.Duplicates += b.Duplicates
-	a.Late += b.Late
-	a.Resyncs += b.Resyncs
-	a.Recovered += b.Recovered
-	a.Unrecovered += b.Unrecovered
-	a.Lost += b.Lost
-	a.Held += b.Held
-	a.HoldTimeouts += b.HoldTimeouts
-	a.Parity += b.Parity
-	a.ParityUnused += b.ParityUnused
-	a.Malformed += b.Malformed
 }
 
 // SetWriteBuffer sets the socket's send buffer size (quic-go asks for a
@@ -709,3 +633,6 @@ func appendSegment(oob []byte, size int) []byte {
 	binary.NativeEndian.PutUint16(b[start+unix.CmsgLen(0):], uint16(size))
 	return b
 }
+
+// Supported reports whether Conn frames packets on this platform.
+const Supported = true

@@ -1,0 +1,99 @@
+package fec
+
+import (
+	"net"
+	"syscall"
+	"time"
+)
+
+// PacketConn is what Conn wraps: a UDP socket as quic-go uses it with GSO,
+// ECN and batched reads (*net.UDPConn, or a wrapper that embeds one).
+type PacketConn interface {
+	net.PacketConn
+	SyscallConn() (syscall.RawConn, error)
+	SetReadBuffer(int) error
+	ReadMsgUDP(b, oob []byte) (n, oobn, flags int, addr *net.UDPAddr, err error)
+	WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error)
+}
+
+// Config configures a Conn. Zero fields take the defaults.
+type Config struct {
+	// Accept makes the Conn answer any address that sends it valid FEC
+	// frames with FEC frames (the server). Without it, only addresses
+	// passed to Enable get them (the client).
+	Accept bool
+	// Hold bounds how long a packet that follows a missing one waits for
+	// it (default 8 ms).
+	Hold time.Duration
+	// Flush is how long a partial block waits for more packets before its
+	// parity is sent (default 1 ms).
+	Flush time.Duration
+	// MaxPeers bounds the addresses with FEC state (default 4096); Idle
+	// is how long an address that sends nothing keeps it (default 1 min).
+	MaxPeers int
+	Idle     time.Duration
+}
+
+const (
+	defaultHold     = 8 * time.Millisecond
+	defaultFlush    = time.Millisecond
+	defaultMaxPeers = 4096
+	defaultIdle     = time.Minute
+	reportInterval  = 50 * time.Millisecond
+	// lossDecay is how much of the loss history each report keeps (about
+	// half a second of memory at one report per 50 ms).
+	lossDecay = 0.9
+	// cleanLoss is the loss rate below which the auto policy sends no
+	// parity.
+	cleanLoss = 1e-5
+	rbufSize  = 2048
+	readBatch = 8
+)
+
+// Stats counts what a Conn did, over all peers, since it was made.
+type Stats struct {
+	DecoderStats
+	// Peers is the number of addresses with FEC state now.
+	Peers int
+	// DataFrames and ParityFrames count frames sent; Reports counts
+	// reports sent.
+	DataFrames, ParityFrames, Reports uint64
+	// NoPeer counts FEC frames from addresses without FEC state (dropped);
+	// PeersRefused counts addresses refused because the table was full.
+	NoPeer, PeersRefused uint64
+	// Parity is the parity (K:M, 0:0 for none) sent to the most recently
+	// active peer, and PeerLoss the loss rate it reported last.
+	K, M     int
+	PeerLoss float64
+}
+
+// addDecoderStats adds b's counters to a.
+func addDecoderStats(a, b *DecoderStats) {
+	a.Received += b.Received
+	a.Duplicates += b.Duplicates
+	a.Late += b.Late
+	a.Resyncs += b.Resyncs
+	a.Recovered += b.Recovered
+	a.Unrecovered += b.Unrecovered
+	a.Lost += b.Lost
+	a.Held += b.Held
+	a.HoldTimeouts += b.HoldTimeouts
+	a.Parity += b.Parity
+	a.ParityUnused += b.ParityUnused
+	a.Malformed += b.Malformed
+}
+
+// Add adds b's counters to s; the gauges (Peers is summed) are b's if b
+// has peers.
+func (s *Stats) Add(b Stats) {
+	addDecoderStats(&s.DecoderStats, &b.DecoderStats)
+	s.DataFrames += b.DataFrames
+	s.ParityFrames += b.ParityFrames
+	s.Reports += b.Reports
+	s.NoPeer += b.NoPeer
+	s.PeersRefused += b.PeersRefused
+	if b.Peers > 0 {
+		s.Peers += b.Peers
+		s.K, s.M, s.PeerLoss = b.K, b.M, b.PeerLoss
+	}
+}
