@@ -41,8 +41,8 @@ const (
 	defaultIdle     = time.Minute
 	reportInterval  = 50 * time.Millisecond
 	// lossDecay is how much of the loss history each report keeps (about
-	// half a second of memory at one report per 50 ms).
-	lossDecay = 0.9
+	// a second of memory at one report per 50 ms).
+	lossDecay = 0.95
 	// cleanLoss is the loss rate below which the auto policy sends no
 	// parity.
 	cleanLoss = 1e-5

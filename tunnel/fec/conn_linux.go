@@ -340,11 +340,7 @@ func (c *Conn) report(p *peer, f Frame) {
 	if p.totAcc > 0 {
 		p.lossRate = p.lossAcc / p.totAcc
 	}
-	loss := p.lossRate
-	if loss < cleanLoss {
-		loss = 0
-	}
-	p.enc.SetPolicy(p.policy, loss)
+	p.enc.SetPolicy(p.policy, lossBound(p.lossAcc, p.totAcc))
 }
 
 // SetReadDeadline sets the deadline of reads (ReadBatch, ReadMsgUDP,

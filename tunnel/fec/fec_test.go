@@ -329,6 +329,19 @@ func TestAutoParity(t *testing.T) {
 	}
 }
 
+func TestLossBound(t *testing.T) {
+	if got := lossBound(0, 1000); got != 0 {
+		t.Errorf("clean link: %v", got)
+	}
+	if got := lossBound(0.001, 1000); got != 0 {
+		t.Errorf("loss decayed below cleanLoss: %v", got)
+	}
+	// 1 % measured over 8000 packets: planned for more, so 16:4 or more.
+	if got := lossBound(80, 8000); got <= 0.01 || got > 0.015 || AutoParity(AutoK, got) < 4 {
+		t.Errorf("1 %% over 8000: %v (M %d)", got, AutoParity(AutoK, got))
+	}
+}
+
 func TestParsePolicy(t *testing.T) {
 	for s, want := range map[string]string{"auto": "auto", "off": "off", "16:4": "16:4", "1:1": "1:1"} {
 		p, err := ParsePolicy(s)

@@ -110,6 +110,18 @@ func binomialTail(n, x int, p float64) float64 {
 	return sum
 }
 
+// lossBound is what the auto policy plans for given decayed counts of lost
+// and sent packets: zero on a clean link, else a pessimistic estimate (the
+// count plus two standard deviations of a Poisson count, plus one), so
+// that a short run of luck does not cut the parity below what the loss
+// needs.
+func lossBound(lost, total float64) float64 {
+	if total <= 0 || lost/total < cleanLoss {
+		return 0
+	}
+	return min(1, (lost+2*math.Sqrt(lost)+1)/total)
+}
+
 // codecs caches one Reed-Solomon codec per (data, parity) shape; they are
 // safe for concurrent use.
 var codecs sync.Map // int(n<<8|m) -> reedsolomon.Encoder
