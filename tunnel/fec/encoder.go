@@ -104,7 +104,7 @@ func (e *Encoder) Unappend() {
 }
 
 // AppendParity appends the parity frames of the current block (possibly
-// partial: ceil(m*n/k) of them) to b, one after the other, each frameLen
+// partial: ceil(m*n/k) of them, at least min(m, 2)) to b, one after the other, each frameLen
 // bytes long, and starts a new block. It appends nothing if no protected
 // packet is pending.
 func (e *Encoder) AppendParity(b []byte) (_ []byte, frames, frameLen int) {
@@ -113,7 +113,11 @@ func (e *Encoder) AppendParity(b []byte) (_ []byte, frames, frameLen int) {
 		return b, 0, 0
 	}
 	e.n = 0
+	// A partial block gets its share of the parity, but at least two
+	// packets of it (when M allows): a short block of n packets with one
+	// parity packet would fail far more often than a full one.
 	m := (e.m*n + e.k - 1) / e.k
+	m = max(m, min(e.m, 2))
 	m = max(1, min(m, MaxM))
 	frameLen = ParityHeaderLen + e.size
 	start := len(b)
