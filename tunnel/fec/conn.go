@@ -43,6 +43,9 @@ const (
 	// lossDecay is how much of the loss history each report keeps (about
 	// a second of memory at one report per 50 ms).
 	lossDecay = 0.95
+	// priorLost and priorTotal are the loss history a new peer starts
+	// with (auto policy): one loss in 200 packets.
+	priorLost, priorTotal = 1, 200
 	// cleanLoss is the loss rate below which the auto policy sends no
 	// parity.
 	cleanLoss = 1e-5

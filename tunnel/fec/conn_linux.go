@@ -131,7 +131,14 @@ func (c *Conn) newPeer(key netip.AddrPort, want, send Policy) *peer {
 		policy: send,
 		enc:    NewEncoder(send, rand.Uint32()),
 		dec:    NewDecoder(c.cfg.Hold),
+		// The auto policy starts as if the link lost packets, until
+		// reports say otherwise (a second or two of clean traffic): a
+		// loss early in a connection ends quic-go's slow start at a
+		// small window, which CUBIC then takes many seconds to grow.
+		lossAcc: priorLost,
+		totAcc:  priorTotal,
 	}
+	p.enc.SetPolicy(send, lossBound(p.lossAcc, p.totAcc))
 	p.last.Store(time.Now().UnixNano())
 	p.timer = time.AfterFunc(time.Hour, func() { c.flushTimer(p) })
 	p.timer.Stop()

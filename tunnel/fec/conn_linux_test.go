@@ -241,7 +241,8 @@ func TestConnPlainPeer(t *testing.T) {
 	}
 }
 
-// TestConnAutoCleanLink: auto policy on a clean link sends no parity.
+// TestConnAutoCleanLink: auto policy starts with parity (the prior) and
+// stops sending any once a clean link has been reported for a while.
 func TestConnAutoCleanLink(t *testing.T) {
 	srv, saddr := startServer(t)
 	csock := udp(t)
@@ -250,10 +251,25 @@ func TestConnAutoCleanLink(t *testing.T) {
 	tr := &quic.Transport{Conn: cc}
 	t.Cleanup(func() { tr.Close() })
 	conn := dial(t, tr, saddr)
-	transfer(t, conn, 2<<20)
-	cs, ss := cc.Stats(), srv.Stats()
-	if cs.ParityFrames != 0 || ss.ParityFrames != 0 || cs.DataFrames == 0 || ss.DataFrames == 0 {
-		t.Fatalf("client %+v; server %+v", cs, ss)
+	transfer(t, conn, 1<<20)
+	if s := cc.Stats(); s.ParityFrames == 0 {
+		t.Fatalf("no parity at the start: %+v", s)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		before, sbefore := cc.Stats().ParityFrames, srv.Stats().ParityFrames
+		time.Sleep(reportInterval) // one more report each way
+		transfer(t, conn, 256<<10)
+		cs, ss := cc.Stats(), srv.Stats()
+		if cs.ParityFrames == before && ss.ParityFrames == sbefore && cs.M == 0 && ss.M == 0 {
+			if cs.Lost != 0 || ss.Lost != 0 {
+				t.Fatalf("loss on loopback: client %+v; server %+v", cs, ss)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("auto still sends parity on a clean link: client %+v; server %+v", cs, ss)
+		}
 	}
 }
 
