@@ -23,7 +23,9 @@ type Config struct {
 	// passed to Enable get them (the client).
 	Accept bool
 	// Hold bounds how long a packet that follows a missing one waits for
-	// it (default 8 ms).
+	// it (default 25 ms). A gap is given up on sooner once a later block's
+	// parity shows its own cannot rebuild it; the bound covers parity
+	// that is late (a busy sender) or lost with nothing sent after it.
 	Hold time.Duration
 	// Flush is how long a partial block waits for more packets before its
 	// parity is sent (default 1 ms).
@@ -35,7 +37,7 @@ type Config struct {
 }
 
 const (
-	defaultHold     = 8 * time.Millisecond
+	defaultHold     = 25 * time.Millisecond
 	defaultFlush    = time.Millisecond
 	defaultMaxPeers = 4096
 	defaultIdle     = time.Minute
@@ -81,6 +83,7 @@ func addDecoderStats(a, b *DecoderStats) {
 	a.Lost += b.Lost
 	a.Held += b.Held
 	a.HoldTimeouts += b.HoldTimeouts
+	a.Hopeless += b.Hopeless
 	a.Parity += b.Parity
 	a.ParityUnused += b.ParityUnused
 	a.Malformed += b.Malformed

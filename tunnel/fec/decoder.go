@@ -16,12 +16,12 @@ const maxBlocks = 64
 // never arrived (Recovered of them were rebuilt from parity, Unrecovered
 // were given up on); Held counts packets delivered later than they arrived
 // because an earlier one was missing; HoldTimeouts counts gaps given up on
-// after the hold bound; Malformed counts frames dropped as invalid
-// (including duplicates and stale parity).
+// after the hold bound, Hopeless gaps given up on before it because a
+// later block's parity arrived; Malformed counts frames dropped as invalid.
 type DecoderStats struct {
 	Received, Duplicates, Late, Resyncs uint64
 	Recovered, Unrecovered, Lost        uint64
-	Held, HoldTimeouts                  uint64
+	Held, HoldTimeouts, Hopeless        uint64
 	Parity, ParityUnused, Malformed     uint64
 }
 
@@ -268,6 +268,17 @@ func (d *Decoder) parity(f Frame, now time.Time, deliver func([]byte)) {
 	b.parity[f.Index] = p
 	b.count++
 	d.recover(f.Seq, b, now, deliver)
+	// The sender sends parity block by block: parity of this block
+	// means an earlier block's missing packets had their chance. Gaps
+	// before it are given up on now rather than at the hold bound.
+	for i := 0; d.held > 0 && int32(d.next-f.Seq) < 0 && i < window; i++ {
+		sl := &d.slots[d.next%window]
+		if sl.seq == d.next && sl.have {
+			break
+		}
+		d.Stats.Hopeless++
+		d.skipGap(deliver)
+	}
 }
 
 // prune drops the parity of blocks that are done or too old, and if that

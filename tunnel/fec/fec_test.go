@@ -157,6 +157,27 @@ func TestTooManyLossesTimeOut(t *testing.T) {
 	}
 }
 
+// TestLaterParityEndsHold: a gap its block's parity cannot fill is given
+// up on as soon as the next block's parity arrives.
+func TestLaterParityEndsHold(t *testing.T) {
+	l := newLink(Policy{K: 4, M: 1})
+	ps := packets(8)
+	for _, p := range ps {
+		l.send(p)
+	}
+	// Block one: frames 0-3 data, 4 parity; block two: 5-8 data, 9 parity.
+	l.drops = map[int]bool{0: true, 1: true}
+	l.run([]int{0, 1, 2, 3, 4, 5, 6, 7, 8})
+	if len(l.out) != 0 {
+		t.Fatalf("delivered %d before the next block's parity", len(l.out))
+	}
+	l.run([]int{9})
+	sameOrder(t, l.out, ps[2:])
+	if s := l.dec.Stats; s.Hopeless != 1 || s.HoldTimeouts != 0 || s.Unrecovered != 2 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
 func TestReorderIsUndone(t *testing.T) {
 	l := newLink(Policy{K: 8, M: 2})
 	ps := packets(16)
