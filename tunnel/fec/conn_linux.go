@@ -49,6 +49,8 @@ type Conn struct {
 	curOOB []byte
 	curTo  net.Addr
 	dfn    func([]byte)
+	// holding are the peers whose decoders hold packets behind a gap.
+	holding map[*peer]struct{}
 
 	// Deadlines: the caller's and the one set on the socket.
 	dlMu    sync.Mutex
@@ -106,6 +108,7 @@ func NewConn(pc PacketConn, cfg Config) *Conn {
 		c.rmsgs[i].OOB = make([]byte, 256)
 	}
 	c.dfn = c.deliver
+	c.holding = make(map[*peer]struct{})
 	return c
 }
 
@@ -440,15 +443,16 @@ func (c *Conn) userExpired(now time.Time) bool {
 // first hold bound on the socket.
 func (c *Conn) setInnerDeadline() {
 	var hold time.Time
-	c.mu.RLock()
-	for _, p := range c.peers {
+	for p := range c.holding {
 		p.rmu.Lock()
-		if d := p.dec.Deadline(); !d.IsZero() && (hold.IsZero() || d.Before(hold)) {
+		d := p.dec.Deadline()
+		p.rmu.Unlock()
+		if d.IsZero() {
+			delete(c.holding, p)
+		} else if hold.IsZero() || d.Before(hold) {
 			hold = d
 		}
-		p.rmu.Unlock()
 	}
-	c.mu.RUnlock()
 	c.dlMu.Lock()
 	defer c.dlMu.Unlock()
 	dl := c.userDL
@@ -461,14 +465,16 @@ func (c *Conn) setInnerDeadline() {
 	}
 }
 
+// expire releases what the peers that hold packets held too long.
 func (c *Conn) expire(now time.Time) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	for _, p := range c.peers {
+	for p := range c.holding {
 		p.rmu.Lock()
 		if d := p.dec.Deadline(); !d.IsZero() && !now.Before(d) {
 			c.curTo = p.addr
 			p.dec.Expire(now, c.dfn)
+		}
+		if p.dec.Deadline().IsZero() {
+			delete(c.holding, p)
 		}
 		p.rmu.Unlock()
 	}
@@ -515,6 +521,9 @@ func (c *Conn) handle(m *ipv4.Message, now time.Time) {
 	c.curTo = p.addr
 	p.rmu.Lock()
 	p.dec.Receive(f, now, c.dfn)
+	if !p.dec.Deadline().IsZero() {
+		c.holding[p] = struct{}{}
+	}
 	p.rmu.Unlock()
 }
 
