@@ -215,3 +215,39 @@ func TestFECPlainClient(t *testing.T) {
 		t.Fatalf("client status FEC %+v with FEC off", st.FEC)
 	}
 }
+
+// TestFECMigrationAndReconnect: after migrations (new sockets) and a
+// reconnect (a new connection), the client still frames from the first
+// packet of each new path, the server answers each new address with FEC,
+// and the tunnel works throughout.
+func TestFECMigrationAndReconnect(t *testing.T) {
+	ts := startTestServer(t, nil)
+	mon := &fakeMonitor{changes: make(chan struct{}, 1), local: netip.MustParseAddr("127.0.0.1"), ifindex: 1}
+	tc, err := startTestClient(t, ts, func(c *ClientConfig) {
+		c.Monitor = mon
+		c.FEC = fec.Policy{K: 8, M: 2}
+	})
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	gw := netip.MustParseAddr("100.96.0.1")
+	pingOnce(t, tc.net, gw)
+	for i := 1; i <= 2; i++ {
+		mon.set("127.0.0."+string(rune('1'+i)), i+1, false)
+		waitForCond(t, "a migration", 10*time.Second, func() bool { return tc.client.migrations.Load() == uint64(i) })
+		pingOnce(t, tc.net, gw)
+		if ss, _ := ts.srv.FECStats(); ss.Peers < i+1 {
+			t.Fatalf("after migration %d the server has FEC state for %d addresses", i, ss.Peers)
+		}
+	}
+	mon.set("127.0.0.4", 4, false) // a third change within 5 s reconnects
+	waitForCond(t, "a reconnect", 10*time.Second, func() bool { return tc.client.reconnects.Load() == 1 })
+	pingOnce(t, tc.net, gw)
+	cs, on := tc.client.FECStats()
+	if !on || cs.DataFrames == 0 || cs.Received == 0 {
+		t.Fatalf("after the reconnect: FEC on %v, client %+v", on, cs)
+	}
+	if ss, _ := ts.srv.FECStats(); ss.Malformed != 0 || ss.NoPeer != 0 {
+		t.Fatalf("server dropped frames: %+v", ss)
+	}
+}
