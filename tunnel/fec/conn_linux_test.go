@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/net/ipv4"
 )
 
 func testCert(t *testing.T) tls.Certificate {
@@ -292,3 +293,58 @@ func TestConnAutoLossyLink(t *testing.T) {
 }
 
 var lossForTest = 0.03
+
+// TestConnAllocs: framing packets, sending a block's parity and reading
+// the frames back allocate no more than the plain socket path quic-go
+// uses anyway (x/net's ReadBatch and net's WriteMsgUDP allocate an
+// address per packet) plus one allocation per block inside the
+// Reed-Solomon codec.
+func TestConnAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates on its own")
+	}
+	a, b := udp(t), udp(t)
+	for _, c := range []*net.UDPConn{a, b} {
+		c.SetReadBuffer(8 << 20)
+	}
+	baddr, aaddr := b.LocalAddr().(*net.UDPAddr), a.LocalAddr().(*net.UDPAddr)
+	pkt := make([]byte, 1200)
+	pkt[0] = 0x40
+	ms := make([]ipv4.Message, 8)
+	for i := range ms {
+		ms[i].Buffers = [][]byte{make([]byte, 1452)}
+		ms[i].OOB = make([]byte, 128)
+	}
+	round := func(w func([]byte, []byte, *net.UDPAddr) (int, int, error), r func([]ipv4.Message, int) (int, error)) func() {
+		return func() {
+			for range 4 { // one block: 4 data, 1 parity
+				if _, _, err := w(pkt, nil, baddr); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for got := 0; got < 4; {
+				n, err := r(ms, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got += n
+			}
+		}
+	}
+	plain := round(a.WriteMsgUDP, ipv4.NewPacketConn(b).ReadBatch)
+	base := testing.AllocsPerRun(100, plain)
+
+	ca, cb := NewConn(a, Config{}), NewConn(b, Config{})
+	ca.Enable(baddr, Policy{K: 4, M: 1})
+	cb.Enable(aaddr, Policy{K: 4, M: 1})
+	framed := round(ca.WriteMsgUDP, cb.ReadBatch)
+	for range 2 * window / 4 { // every slot of the decoder's window used once
+		framed()
+	}
+	// The parity frame is one more write and read than the plain round.
+	n := testing.AllocsPerRun(200, framed)
+	t.Logf("%.1f allocations per framed block, %.1f per plain round", n, base)
+	if n > base*5/4+1.5 {
+		t.Errorf("%.1f allocations per block of 4 packets; the plain socket path makes %.1f", n, base)
+	}
+}

@@ -57,6 +57,7 @@ type Decoder struct {
 	slots    [window]slot
 	blocks   map[uint32]*block
 	free     [][]byte // spare shard buffers
+	freeBlk  []*block
 	scratch  [][]byte
 
 	// Since the last TakeReport.
@@ -252,7 +253,14 @@ func (d *Decoder) parity(f Frame, now time.Time, deliver func([]byte)) {
 		if len(d.blocks) >= maxBlocks {
 			d.prune()
 		}
-		b = &block{n: f.N, m: f.M, size: len(f.Payload), parity: make([][]byte, f.M)}
+		if n := len(d.freeBlk); n > 0 {
+			b, d.freeBlk = d.freeBlk[n-1], d.freeBlk[:n-1]
+		} else {
+			b = &block{parity: make([][]byte, 0, MaxM)}
+		}
+		b.n, b.m, b.size, b.count = f.N, f.M, len(f.Payload), 0
+		b.parity = b.parity[:f.M]
+		clear(b.parity)
 		d.blocks[f.Seq] = b
 	}
 	if b.n != f.N || b.m != f.M || b.size != len(f.Payload) {
@@ -303,6 +311,9 @@ func (d *Decoder) dropBlock(base uint32, b *block) {
 		}
 	}
 	delete(d.blocks, base)
+	if len(d.freeBlk) < maxBlocks {
+		d.freeBlk = append(d.freeBlk, b)
+	}
 }
 
 // recover rebuilds the block's missing data packets if enough shards are
