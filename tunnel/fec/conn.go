@@ -66,8 +66,9 @@ type Stats struct {
 	// NoPeer counts FEC frames from addresses without FEC state (dropped);
 	// PeersRefused counts addresses refused because the table was full.
 	NoPeer, PeersRefused uint64
-	// Parity is the parity (K:M, 0:0 for none) sent to the most recently
-	// active peer, and PeerLoss the loss rate it reported last.
+	// K and M are the block shape last used for sending (M 0: frames
+	// without parity), and PeerLoss the loss rate a peer reported last;
+	// on a server with several peers, of one of them.
 	K, M     int
 	PeerLoss float64
 }
