@@ -3,9 +3,13 @@
 package fec
 
 import (
+	"context"
+	"crypto/tls"
+	"io"
 	"net"
 	"testing"
 
+	"github.com/quic-go/quic-go"
 	"golang.org/x/net/ipv4"
 )
 
@@ -57,3 +61,68 @@ func benchConns(b *testing.B, p Policy) {
 func BenchmarkPlainSocket(b *testing.B) { benchConns(b, Policy{}) }
 func BenchmarkFECNoParity(b *testing.B) { benchConns(b, Policy{K: 16, Auto: true}) }
 func BenchmarkFEC16x4(b *testing.B)     { benchConns(b, Policy{K: 16, M: 4}) }
+
+// benchQUIC sends b.N MB over one quic-go stream through Conns on both
+// ends (or plain sockets with p off).
+func benchQUIC(b *testing.B, p Policy) {
+	sock := udp(b)
+	var srvConn net.PacketConn = sock
+	if !p.Off() || p.Auto {
+		srvConn = NewConn(sock, Config{Accept: true})
+	}
+	tr := &quic.Transport{Conn: srvConn}
+	b.Cleanup(func() { tr.Close() })
+	ln, err := tr.Listen(&tls.Config{Certificates: []tls.Certificate{testCert(b)}, NextProtos: []string{"fec-test"}}, &quic.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan int64, 1)
+	go func() {
+		conn, err := ln.Accept(context.Background())
+		if err != nil {
+			return
+		}
+		str, err := conn.AcceptStream(context.Background())
+		if err != nil {
+			return
+		}
+		n, _ := io.Copy(io.Discard, str)
+		done <- n
+	}()
+	csock := udp(b)
+	var cliConn net.PacketConn = csock
+	saddr := sock.LocalAddr().(*net.UDPAddr)
+	if !p.Off() || p.Auto {
+		cc := NewConn(csock, Config{})
+		cc.Enable(saddr, p)
+		if p.Auto {
+			for _, pr := range cc.peers {
+				pr.enc.SetPolicy(p, 0)
+			}
+		}
+		cliConn = cc
+	}
+	ctr := &quic.Transport{Conn: cliConn}
+	b.Cleanup(func() { ctr.Close() })
+	conn, err := ctr.Dial(context.Background(), saddr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"fec-test"}}, &quic.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	str, err := conn.OpenStream()
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	b.SetBytes(int64(len(buf)))
+	b.ResetTimer()
+	for range b.N {
+		if _, err := str.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	str.Close()
+	<-done
+}
+
+func BenchmarkQUICPlain(b *testing.B)    { benchQUIC(b, Policy{}) }
+func BenchmarkQUICNoParity(b *testing.B) { benchQUIC(b, Policy{K: 16, Auto: true}) }
