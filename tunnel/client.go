@@ -19,6 +19,7 @@ import (
 
 	"github.com/roamvpn/roam/auth"
 	"github.com/roamvpn/roam/datagram"
+	"github.com/roamvpn/roam/tunnel/fec"
 	"github.com/roamvpn/roam/tunnel/flow"
 )
 
@@ -90,6 +91,10 @@ type ClientConfig struct {
 	// Flows survive migrations but not a reconnect (their streams belong
 	// to the lost connection). Nil: packet mode.
 	FlowDevice func(dev datagram.Device, mtu int, open OpenFlow) (datagram.Device, error)
+	// FEC is the forward error correction the client asks for (see
+	// tunnel/fec and FECHeader); the zero Policy is off. It takes effect
+	// only if the server agrees, per connection.
+	FEC fec.Policy
 	// SetupTimeout bounds the first dial and tunnel setup; zero means
 	// DefaultSetupTimeout. Reconnects retry without a bound until Run's
 	// context ends or the server refuses for good.
@@ -136,6 +141,7 @@ type Client struct {
 	migrations atomic.Uint64
 	reconnects atomic.Uint64
 	flowsOpen  atomic.Int64 // flows open now (flow mode); see countedFlow
+	fecTotal   fecTotals    // FEC counters of closed links
 
 	status clientStatus               // for Status
 	sup    atomic.Pointer[supervisor] // the running tunnel's supervisor; nil outside Run
@@ -166,6 +172,22 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	c := &Client{cfg: cfg, log: log.With("component", "client"), sessions: tls.NewLRUClientSessionCache(4)}
 	c.status.set(stateConnecting)
 	return c, nil
+}
+
+// FECStats returns the forward-error-correction counters of every
+// connection so far (ClientConfig.FEC), and whether the current one uses
+// FEC (the server agreed).
+func (c *Client) FECStats() (fec.Stats, bool) {
+	s := c.fecTotal.get()
+	var on bool
+	if sup := c.sup.Load(); sup != nil {
+		if l := sup.cur.Load(); l != nil {
+			var cur fec.Stats
+			cur, on = l.fecStats()
+			s.Add(cur)
+		}
+	}
+	return s, on
 }
 
 // Stats returns the client's live packet counters.
@@ -251,8 +273,14 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	dev = &closeOnceDevice{Device: dev}
 	defer dev.Close()
+	fecMode := "off"
+	if _, on := l.fecStats(); on {
+		fecMode = c.cfg.FEC.String()
+	} else if !c.cfg.FEC.Off() {
+		fecMode = "off (the server does not offer it)"
+	}
 	c.log.Info("tunnel up", "server", c.cfg.Server, "addresses", info.Addresses, "routes", info.Routes,
-		"mtu", info.MTU, "mode", mode, "setup", time.Since(start).Round(time.Millisecond))
+		"mtu", info.MTU, "mode", mode, "fec", fecMode, "setup", time.Since(start).Round(time.Millisecond))
 	c.status.mu.Lock()
 	c.status.info = &info
 	c.status.mu.Unlock()
@@ -306,6 +334,9 @@ func (c *Client) Run(ctx context.Context) error {
 		if v := a.v.Load(); v != 0 {
 			attrs = append(attrs, slog.Uint64(a.name, v))
 		}
+	}
+	if !c.cfg.FEC.Off() {
+		attrs = append(attrs, fecAttrs(c.fecTotal.get())...)
 	}
 	c.log.LogAttrs(context.Background(), slog.LevelInfo, "client counters", attrs...)
 	if ctx.Err() != nil {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/roamvpn/roam/datagram"
 	"github.com/roamvpn/roam/tunnel/capsule"
+	"github.com/roamvpn/roam/tunnel/fec"
 )
 
 // link is one QUIC connection carrying the tunnel: its CONNECT-IP request
@@ -45,6 +46,13 @@ type link struct {
 	mu      sync.Mutex
 	sockets []linkSocket // guarded by mu; closed with the link
 	closed  bool         // guarded by mu
+	// fecs are the sockets' FEC wrappers (ClientConfig.FEC); fecOn is set
+	// once the server agreed to FEC, and new paths frame from the start.
+	fecs  []*fec.Conn // guarded by mu
+	fecOn bool        // guarded by mu
+	raddr *net.UDPAddr
+	// fecDone receives the FEC counters of l's sockets when l closes.
+	fecDone *fecTotals
 }
 
 // linkSocket is one UDP socket a link's connection has used, with its
@@ -70,12 +78,26 @@ func (c *Client) addSocket(l *link, local netip.Addr) (*quic.Transport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening a UDP socket: %w", err)
 	}
-	tr := &quic.Transport{Conn: lossy(pc, &c.pathDrops), ConnectionIDLength: 4}
+	conn := lossy(pc, &c.pathDrops)
+	var fc *fec.Conn
+	if !c.cfg.FEC.Off() && fec.Supported {
+		if u, ok := conn.(*lossyUDPConn); ok {
+			fc = fec.NewConn(u, fec.Config{})
+			conn = fc
+		}
+	}
+	tr := &quic.Transport{Conn: conn, ConnectionIDLength: 4}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
 		pc.Close()
 		return nil, net.ErrClosed
+	}
+	if fc != nil {
+		l.fecs = append(l.fecs, fc)
+		if l.fecOn {
+			fc.Enable(l.raddr, c.cfg.FEC)
+		}
 	}
 	l.sockets = append(l.sockets, linkSocket{pc, tr, local})
 	return tr, nil
@@ -120,6 +142,10 @@ func (l *link) close(reason string) {
 	}
 	l.closed = true
 	l.mu.Unlock()
+	if l.fecDone != nil {
+		s, _ := l.fecStats()
+		l.fecDone.add(s)
+	}
 	if l.str != nil {
 		l.str.CancelRead(errCodeRequestCancelled)
 		l.str.Close()
@@ -161,7 +187,7 @@ func (c *Client) connectOnce(ctx context.Context, want []netip.Prefix) (_ *link,
 	if err != nil {
 		return nil, fmt.Errorf("resolving server %q: %w", c.cfg.Server, err)
 	}
-	l := &link{server: raddr.AddrPort().Addr().Unmap()}
+	l := &link{server: raddr.AddrPort().Addr().Unmap(), raddr: raddr, fecDone: &c.fecTotal}
 	defer func() {
 		if err != nil {
 			l.close("setup failed")
@@ -236,6 +262,9 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 			"Authorization":    {"Bearer " + c.cfg.Token},
 			"Capsule-Protocol": {"?1"},
 		},
+	}
+	if !c.cfg.FEC.Off() && fec.Supported {
+		req.Header.Set(FECHeader, c.cfg.FEC.String())
 	}
 	// quic-go v0.65+ holds an Extended CONNECT until the server's
 	// SETTINGS have arrived (RFC 8441 §3) and waits for them with the
@@ -313,7 +342,56 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 		return permanent(ErrNoDatagrams)
 	}
 	l.rd = capsule.NewReader(str)
+	if !c.cfg.FEC.Off() && resp.Header.Get(FECHeader) != "" {
+		l.enableFEC(c.cfg.FEC)
+	}
 	return nil
+}
+
+// FECHeader is the CONNECT-IP request and response header that negotiates
+// forward error correction (tunnel/fec): the client asks with its policy
+// ("auto" or "K:M"), a server that speaks FEC answers with the policy it
+// will follow. Only then do both ends frame their packets; peers that
+// never ask (browsers, other CONNECT-IP clients) get plain QUIC.
+const FECHeader = "Roam-Fec"
+
+// enableFEC starts framing on every socket of l, and on the ones it opens
+// later.
+func (l *link) enableFEC(p fec.Policy) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.fecOn = true
+	for _, fc := range l.fecs {
+		fc.Enable(l.raddr, p)
+	}
+}
+
+// fecTotals sums the FEC counters of closed links.
+type fecTotals struct {
+	mu sync.Mutex
+	s  fec.Stats
+}
+
+func (t *fecTotals) add(s fec.Stats) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.s.Add(s)
+}
+
+func (t *fecTotals) get() fec.Stats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.s
+}
+
+// fecStats sums the FEC counters of l's sockets.
+func (l *link) fecStats() (s fec.Stats, on bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, fc := range l.fecs {
+		s.Add(fc.Stats())
+	}
+	return s, l.fecOn
 }
 
 // awaitConfig reads capsules until a ROUTE_ADVERTISEMENT and an

@@ -52,6 +52,8 @@ type testServerOpts struct {
 	// dns is ServerConfig.DNS; dnsForward the userspace NAT's Config.DNS.
 	dns        []netip.Addr
 	dnsForward netip.AddrPort
+	// disableFEC is ServerConfig.DisableFEC.
+	disableFEC bool
 }
 
 func startTestServer(t *testing.T, routes []netip.Prefix) *testServer {
@@ -106,6 +108,7 @@ func startTestServerWith(t *testing.T, o testServerOpts) *testServer {
 		Logger:     testLogger(t),
 
 		GatewayLoopback: o.gatewayLoopback,
+		DisableFEC:      o.disableFEC,
 	})
 	if err != nil {
 		t.Fatal(err)

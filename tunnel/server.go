@@ -27,6 +27,7 @@ import (
 	"github.com/roamvpn/roam/auth"
 	"github.com/roamvpn/roam/datagram"
 	"github.com/roamvpn/roam/tunnel/addrpool"
+	"github.com/roamvpn/roam/tunnel/fec"
 	"github.com/roamvpn/roam/tunnel/flow"
 )
 
@@ -103,6 +104,12 @@ type ServerConfig struct {
 	// and, to loopback clients only, plain HTTP (see webpage.go). If that
 	// TCP port cannot be bound, Serve logs a warning and serves UDP only.
 	DisableWeb bool
+	// DisableFEC turns forward error correction (tunnel/fec) off: the
+	// server then ignores clients' FECHeader and its socket carries plain
+	// QUIC only. By default, a client that asks for FEC gets it; every
+	// other peer (browsers, other CONNECT-IP clients, old Roam clients)
+	// sees plain QUIC either way.
+	DisableFEC bool
 	// Web holds the browser client's files at its root (index.html,
 	// roam.js, worker.js, app.js, wasm_exec.js, roam.wasm). Nil means no
 	// browser client: GET / answers 404 "this server has no browser
@@ -181,6 +188,7 @@ type Server struct {
 	dialer flow.Dialer
 	auth   atomic.Pointer[authState] // the Authenticator and routes; swapped by Reload
 	writer *datagram.Writer
+	fec    atomic.Pointer[fec.Conn] // the socket's FEC wrapper; nil if off
 	h3     *http3.Server
 	wt     *webtransport.Server
 	stats  ServerStats
@@ -326,6 +334,16 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 // Stats returns the server's live counters.
 func (s *Server) Stats() *ServerStats { return &s.stats }
 
+// FECStats returns the forward-error-correction counters of the server's
+// socket, and false if FEC is off (DisableFEC, or Serve has not started
+// on a UDP socket).
+func (s *Server) FECStats() (fec.Stats, bool) {
+	if fc := s.fec.Load(); fc != nil {
+		return fc.Stats(), true
+	}
+	return fec.Stats{}, false
+}
+
 // Ready is closed once Serve is listening; Addr is valid from then on.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
@@ -350,7 +368,14 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	if err := s.configureQUICCert(tlsConf); err != nil {
 		return err
 	}
-	tr := &quic.Transport{Conn: pc, StatelessResetKey: &s.keys.reset}
+	conn := pc
+	if u, ok := pc.(fec.PacketConn); ok && !s.cfg.DisableFEC && fec.Supported {
+		// Not closed here: pc belongs to the caller.
+		fc := fec.NewConn(u, fec.Config{Accept: true})
+		s.fec.Store(fc)
+		conn = fc
+	}
+	tr := &quic.Transport{Conn: conn, StatelessResetKey: &s.keys.reset}
 	defer tr.Close()
 	qconf := quicConfig(0)
 	// 0-RTT lets a reconnecting client send its request in its first
@@ -417,7 +442,11 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	} else {
 		s.h3.Close()
 	}
-	s.log.LogAttrs(context.Background(), slog.LevelInfo, "server counters", serverCounterAttrs(&s.stats)...)
+	attrs := serverCounterAttrs(&s.stats)
+	if fc := s.fec.Load(); fc != nil {
+		attrs = append(attrs, fecAttrs(fc.Stats())...)
+	}
+	s.log.LogAttrs(context.Background(), slog.LevelInfo, "server counters", attrs...)
 	if errors.Is(err, context.Canceled) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
 		err = nil
 	}
@@ -623,6 +652,14 @@ func (s *Server) handleConnectIP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Capsule-Protocol", "?1")
+	if want := r.Header.Get(FECHeader); want != "" && s.fec.Load() != nil {
+		// The client frames its packets once it reads this; the
+		// server's socket follows the policy the client's own frames
+		// ask for.
+		if p, err := fec.ParsePolicy(want); err == nil && !p.Off() {
+			w.Header().Set(FECHeader, p.String())
+		}
+	}
 	w.WriteHeader(http.StatusOK)
 	w.(http.Flusher).Flush()
 	str := w.(http3.HTTPStreamer).HTTPStream()

@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 
 	"github.com/roamvpn/roam/datagram"
+	"github.com/roamvpn/roam/tunnel/fec"
 )
 
 // counterAttrs returns the non-zero counters of a datagram.Stats as log
@@ -51,4 +52,15 @@ func serverCounterAttrs(st *ServerStats) []slog.Attr {
 		}
 	}
 	return out
+}
+
+// fecAttrs returns FEC counters as log attributes.
+func fecAttrs(s fec.Stats) []slog.Attr {
+	return []slog.Attr{slog.Group("fec",
+		slog.Uint64("data_frames", s.DataFrames), slog.Uint64("parity_frames", s.ParityFrames),
+		slog.Uint64("received", s.Received), slog.Uint64("lost", s.Lost),
+		slog.Uint64("recovered", s.Recovered), slog.Uint64("unrecovered", s.Unrecovered),
+		slog.Uint64("held", s.Held), slog.Uint64("hold_timeouts", s.HoldTimeouts), slog.Uint64("hopeless", s.Hopeless), slog.Uint64("late", s.Late),
+		slog.Uint64("malformed", s.Malformed), slog.Float64("peer_loss", s.PeerLoss),
+	)}
 }

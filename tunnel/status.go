@@ -1,10 +1,13 @@
 package tunnel
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/roamvpn/roam/tunnel/fec"
 )
 
 // ServerStatus is a snapshot of a Server for `roam status` and metrics.
@@ -19,6 +22,47 @@ type ServerStatus struct {
 	// Sessions are the live tunnel sessions (CONNECT-IP) and browser
 	// sessions (WebTransport), oldest first.
 	Sessions []SessionStatus `json:"sessions"`
+	// FEC is the socket's forward error correction; nil if it is off
+	// (ServerConfig.DisableFEC).
+	FEC *FECStatus `json:"fec,omitempty"`
+}
+
+// FECStatus sums the forward-error-correction counters (tunnel/fec) of a
+// client's connections or a server's socket.
+type FECStatus struct {
+	// Active: the client's current connection uses FEC (the server
+	// agreed); for a server, Peers > 0.
+	Active bool `json:"active"`
+	// Peers is the number of addresses with FEC state (server).
+	Peers int `json:"peers"`
+	// Parity is the block shape last sent, "K:M" ("16:0": framing
+	// without parity, as auto on a clean link).
+	Parity string `json:"parity"`
+	// PeerLoss is the loss rate the peer reported last (0..1).
+	PeerLoss float64 `json:"peer_loss"`
+	// DataFrames and ParityFrames count frames sent.
+	DataFrames   uint64 `json:"data_frames"`
+	ParityFrames uint64 `json:"parity_frames"`
+	// Lost counts packets from the peer that never arrived; Recovered of
+	// them were rebuilt from parity, Unrecovered given up on.
+	Lost        uint64 `json:"lost"`
+	Recovered   uint64 `json:"recovered"`
+	Unrecovered uint64 `json:"unrecovered"`
+	// Held counts packets held behind a gap; HoldTimeouts gaps given up
+	// on after the hold bound.
+	Held         uint64 `json:"held"`
+	HoldTimeouts uint64 `json:"hold_timeouts"`
+	// Malformed counts frames dropped as invalid.
+	Malformed uint64 `json:"malformed"`
+}
+
+func fecStatus(s fec.Stats, active bool) *FECStatus {
+	return &FECStatus{
+		Active: active, Peers: s.Peers, Parity: fmt.Sprintf("%d:%d", s.K, s.M), PeerLoss: s.PeerLoss,
+		DataFrames: s.DataFrames, ParityFrames: s.ParityFrames,
+		Lost: s.Lost, Recovered: s.Recovered, Unrecovered: s.Unrecovered,
+		Held: s.Held, HoldTimeouts: s.HoldTimeouts, Malformed: s.Malformed + s.NoPeer,
+	}
 }
 
 // SessionStatus is one live session on the server.
@@ -81,6 +125,9 @@ type ClientStatus struct {
 	TxBytes   uint64 `json:"tx_bytes"`
 	RxPackets uint64 `json:"rx_packets"`
 	RxBytes   uint64 `json:"rx_bytes"`
+	// FEC is forward error correction over all connections so far; nil
+	// if ClientConfig.FEC is off.
+	FEC *FECStatus `json:"fec,omitempty"`
 }
 
 // PathStatus is one QUIC path of the client's connection.
@@ -142,6 +189,9 @@ func (s *Server) Status() ServerStatus {
 	}
 	s.webMu.Unlock()
 	slices.SortStableFunc(st.Sessions, func(a, b SessionStatus) int { return a.Since.Compare(b.Since) })
+	if fs, on := s.FECStats(); on {
+		st.FEC = fecStatus(fs, fs.Peers > 0)
+	}
 	return st
 }
 
@@ -195,5 +245,8 @@ func (c *Client) Status() ClientStatus {
 	st.TxBytes = c.stats.TxBytes.Load()
 	st.RxPackets = c.stats.RxPackets.Load()
 	st.RxBytes = c.stats.RxBytes.Load()
+	if !c.cfg.FEC.Off() {
+		st.FEC = fecStatus(c.FECStats())
+	}
 	return st
 }

@@ -15,6 +15,7 @@
 #   MODE=full cmd/bench/bench.sh       # roam full tunnel instead of --route 10.201.0.0/24
 #   RELAY=delay=25ms,loss=1 cmd/bench/bench.sh  # through ../shared/bench's lossy UDP relay
 #                                      # (one-way delay and loss per direction), all systems
+#   FEC=auto cmd/bench/bench.sh        # roam client --fec auto (or off, or K:M like 16:4)
 #
 # Results: /tmp/netbench/results/roam-bench.txt (and per-run logs).
 set -euo pipefail
@@ -23,7 +24,7 @@ REPO="$(cd "$HERE/../.." && pwd)"
 BENCH_DIR=${BENCH_DIR:-$(cd "$REPO/../shared/bench" 2>/dev/null && pwd || true)}
 [[ -x $BENCH_DIR/topo.sh ]] || { echo "bench.sh: set BENCH_DIR to the folder with topo.sh (../shared/bench)" >&2; exit 2; }
 [[ $EUID -eq 0 ]] || { echo "bench.sh: run as root" >&2; exit 2; }
-ROUNDS=${ROUNDS:-3} DUR=${DUR:-8} ONLY=${ONLY:-roam roam-flow wg} MODE=${MODE:-route} RELAY=${RELAY:-}
+ROUNDS=${ROUNDS:-3} DUR=${DUR:-8} ONLY=${ONLY:-roam roam-flow wg} MODE=${MODE:-route} RELAY=${RELAY:-} FEC=${FEC:-}
 RELAY_PORT=61820
 export NB_BIN=${NB_BIN:-/tmp/netbench/bin} NB_RUN=${NB_RUN:-/tmp/netbench/run}
 TOPO="$BENCH_DIR/topo.sh" BIN=$NB_BIN RUN=$NB_RUN
@@ -64,6 +65,8 @@ roam_round() { # packet|flow [gvisor|system]
   for _ in $(seq 100); do [[ -s $W/state/pin ]] && grep -qs "roam client" "$RUN/roam-server.log" && break; sleep 0.1; done
   local route=(--route 10.201.0.0/24)
   [[ $MODE == full ]] && route=()
+  local fec=()
+  [[ -n $FEC ]] && fec=(--fec "$FEC")
   local dport=4433 relay_pid=
   if [[ -n $RELAY ]]; then
     local args=() kv
@@ -72,7 +75,7 @@ roam_round() { # packet|flow [gvisor|system]
     relay_pid=$!
     dport=$RELAY_PORT
   fi
-  ip netns exec nb-client "$BIN/roam" client --server $SRV:$dport --token "$tok" --pin "$(cat "$W/state/pin")" --mode "$cmode" --stack "$cstack" "${route[@]}" >"$RUN/roam-client.log" 2>&1 &
+  ip netns exec nb-client "$BIN/roam" client --server $SRV:$dport --token "$tok" --pin "$(cat "$W/state/pin")" --mode "$cmode" --stack "$cstack" "${route[@]}" "${fec[@]}" >"$RUN/roam-client.log" 2>&1 &
   echo $! >"$RUN/roam-client.pid"
   for _ in $(seq 150); do grep -qs "tunnel up" "$RUN/roam-client.log" && break; sleep 0.1; done
   grep -qs "tunnel up" "$RUN/roam-client.log" || { echo "[bench] roam did not come up" >&2; cat "$RUN"/roam-*.log >&2; exit 1; }
@@ -128,4 +131,4 @@ for who in $ONLY; do
   out+="$l"$'\n'
 done
 printf '%s' "$out" | tee -a "$RES/roam-bench.txt"
-echo "(medians of $ROUNDS interleaved rounds, ${DUR}s iperf3 runs, mode=$MODE, relay='${RELAY}', $(date -u +%FT%TZ))" | tee -a "$RES/roam-bench.txt"
+echo "(medians of $ROUNDS interleaved rounds, ${DUR}s iperf3 runs, mode=$MODE, relay='${RELAY}', fec='${FEC}', $(date -u +%FT%TZ))" | tee -a "$RES/roam-bench.txt"

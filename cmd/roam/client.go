@@ -20,6 +20,7 @@ import (
 	dnspkg "github.com/roamvpn/roam/tun/dns"
 	"github.com/roamvpn/roam/tunnel"
 	"github.com/roamvpn/roam/tunnel/control"
+	"github.com/roamvpn/roam/tunnel/fec"
 )
 
 type clientFlags struct {
@@ -36,6 +37,7 @@ type clientFlags struct {
 	debug     string
 	mode      string
 	stack     string
+	fec       string
 
 	metrics      string // --metrics: Prometheus and probes; "" = off
 	statusSocket string // --status-socket; "" = off
@@ -60,6 +62,7 @@ func newClientFlags() (*clientFlags, *flag.FlagSet) {
 	fs.IntVar(&f.table, "table", tun.DefaultTable, "routing `TABLE` for the tunnel routes")
 	fs.StringVar(&f.mode, "mode", "packet", "`MODE`: packet (every IP packet as a datagram) or flow (each TCP connection as its own QUIC stream, the rest as datagrams)")
 	fs.StringVar(&f.stack, "stack", "gvisor", "flow mode's TCP `STACK`: gvisor (userspace) or system (the kernel's TCP behind a NAT; falls back to gvisor if it cannot start)")
+	fs.StringVar(&f.fec, "fec", "off", "forward error correction `MODE` under QUIC, for lossy links (the server must allow it): auto (parity follows the measured loss, none on a clean link), off, or K:M (M parity packets per K packets, e.g. 16:4)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
 	fs.StringVar(&f.debug, "debug", "", "serve pprof and counters on this loopback `HOST:PORT` (off by default)")
 	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics and the /healthz, /readyz probes on `HOST:PORT` (off by default)")
@@ -133,6 +136,9 @@ func (f *clientFlags) check() []*flagError {
 	if f.stack != "gvisor" && f.stack != "system" {
 		errs = append(errs, badValue("stack", f.stack, "expected gvisor or system"))
 	}
+	if _, err := fec.ParsePolicy(f.fec); err != nil {
+		errs = append(errs, badValue("fec", f.fec, "expected auto, off or K:M with K 1..%d and M 1..%d, like 16:4", fec.MaxK, fec.MaxM))
+	}
 	if f.mark == 0 || f.mark > 0xffffffff {
 		errs = append(errs, badValue("mark", fmt.Sprint(f.mark), "expected 1..4294967295"))
 	}
@@ -164,6 +170,7 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		Routes: f.routes.vals,
 		Logger: log,
 	}
+	cfg.FEC, _ = fec.ParsePolicy(f.fec) // checked
 	if f.pin != "" {
 		pin, _ := auth.ParsePin(strings.TrimSpace(f.pin))
 		cfg.Pin = &pin

@@ -49,6 +49,9 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"client", "--server", "h:1", "--token", "t", "--dns", "maybe"}, "--dns"},
 		{[]string{"client", "--server", "h:1", "--token", "t", "--resolv-conf", "resolv.conf"}, "--resolv-conf"},
 		{[]string{"client", "--server", "h:1", "--token", "t", "--stack", "lwip"}, "--stack"},
+		{[]string{"client", "--server", "h:1", "--token", "t", "--fec", "on"}, "--fec"},
+		{[]string{"client", "--server", "h:1", "--token", "t", "--fec", "16:0"}, "--fec"},
+		{[]string{"server", "--fec=maybe"}, "--fec"},
 		{[]string{"frobnicate"}, "unknown command"},
 	}
 	for _, tt := range tests {

@@ -50,6 +50,7 @@ type serverFlags struct {
 	statusSocket string // --status-socket; "" = off
 
 	web        bool
+	fec        bool
 	webOrigins stringList
 	webDir     string
 
@@ -116,6 +117,7 @@ func newServerFlags() (*serverFlags, *flag.FlagSet) {
 	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics and the /healthz, /readyz probes on `HOST:PORT` (off by default; keep it on loopback unless scraped from elsewhere)")
 	fs.StringVar(&f.statusSocket, "status-socket", control.DefaultPath("server"), "unix socket `PATH` that roam status queries (\"\" for none)")
 	fs.BoolVar(&f.web, "web", true, "serve the browser client: WebTransport sessions, and the page over HTTP/3 and over TCP on the same port number (--web=false: none of it)")
+	fs.BoolVar(&f.fec, "fec", true, "answer clients that ask for forward error correction (roam client --fec) with it (--fec=false: plain QUIC for everyone)")
 	fs.Var(&f.webOrigins, "web-origin", "`ORIGIN` (scheme://host[:port]) whose pages may also open browser sessions, besides the server's own page (repeatable)")
 	fs.StringVar(&f.webDir, "web-dir", "", "serve the browser client's files from `DIR` instead of the embedded ones (development)")
 	// DNS push (docs/protocol.md, "DNS push").
@@ -322,6 +324,7 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		GatewayDNS:      f.upstream,
 
 		DisableWeb: !f.web,
+		DisableFEC: !f.fec,
 		Web:        assets,
 		WebOrigins: f.webOrigins.vals,
 		// Browsers cannot pin the long-lived self-signed certificate;

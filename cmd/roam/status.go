@@ -127,6 +127,9 @@ func printServerStatus(w io.Writer, st *tunnel.ServerStatus, now time.Time) {
 		fmt.Fprintf(w, "  up %s", age(now, st.Started))
 	}
 	fmt.Fprintf(w, "  sessions %d\n", len(st.Sessions))
+	if st.FEC != nil {
+		fmt.Fprintf(w, "fec %s\n", fecLine(st.FEC))
+	}
 	if len(st.Sessions) == 0 {
 		return
 	}
@@ -186,7 +189,23 @@ func printClientStatus(w io.Writer, st *tunnel.ClientStatus, now time.Time) {
 	fmt.Fprintf(tw, "flows\t%d\n", st.Flows)
 	fmt.Fprintf(tw, "tx\t%s\n", traffic(st.TxBytes, st.TxPackets))
 	fmt.Fprintf(tw, "rx\t%s\n", traffic(st.RxBytes, st.RxPackets))
+	if st.FEC != nil {
+		fmt.Fprintf(tw, "fec\t%s\n", fecLine(st.FEC))
+	}
 	tw.Flush()
+}
+
+// fecLine summarizes forward error correction in one line.
+func fecLine(f *tunnel.FECStatus) string {
+	if !f.Active && f.DataFrames == 0 && f.Lost == 0 {
+		return "inactive"
+	}
+	state := "active"
+	if !f.Active {
+		state = "inactive"
+	}
+	return fmt.Sprintf("%s, parity %s, peer loss %.2f%%, lost %d (recovered %d, unrecovered %d), hold timeouts %d, sent %d data + %d parity",
+		state, f.Parity, 100*f.PeerLoss, f.Lost, f.Recovered, f.Unrecovered, f.HoldTimeouts, f.DataFrames, f.ParityFrames)
 }
 
 func orDash(s string) string {

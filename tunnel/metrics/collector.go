@@ -117,6 +117,7 @@ type serverCollector struct {
 
 	info, started, sessions, rtt *prometheus.Desc
 	userSessions, userTx, userRx *prometheus.Desc
+	fec                          *fecMetrics
 }
 
 // NewServerCollector returns a collector that reads src at every scrape.
@@ -176,6 +177,7 @@ func NewServerCollector(src ServerSource, opts ServerOptions) prometheus.Collect
 		started:  prometheus.NewDesc(p+"_start_time_seconds", "When the server began listening, in Unix seconds.", nil, nil),
 		sessions: prometheus.NewDesc(p+"_sessions", "Live sessions by kind (connect-ip, webtransport).", []string{"kind"}, nil),
 		rtt:      prometheus.NewDesc(p+"_session_rtt_seconds", "Smoothed RTT of the live sessions' QUIC connections, computed at scrape time.", nil, nil),
+		fec:      newFECMetrics(p),
 	}
 	if opts.PerUser {
 		sc.userSessions = prometheus.NewDesc(p+"_user_sessions", "Live sessions by user.", []string{"user"}, nil)
@@ -198,6 +200,7 @@ func (c *serverCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.started
 	ch <- c.sessions
 	ch <- c.rtt
+	c.fec.describe(ch)
 	if c.opts.PerUser {
 		ch <- c.userSessions
 		ch <- c.userTx
@@ -259,6 +262,7 @@ func (c *serverCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.sessions, prometheus.GaugeValue, float64(kinds[k]), k)
 	}
 	ch <- prometheus.MustNewConstHistogram(c.rtt, uint64(len(st.Sessions)), sum, buckets)
+	c.fec.collect(st.FEC, ch)
 	for u, a := range users {
 		ch <- prometheus.MustNewConstMetric(c.userSessions, prometheus.GaugeValue, float64(a.n), u)
 		ch <- prometheus.MustNewConstMetric(c.userTx, prometheus.GaugeValue, float64(a.tx), u)
@@ -285,6 +289,7 @@ type clientCollector struct {
 	stats []stat[datagram.Stats]
 
 	info, state, since, rtt, migrations, reconnects, paths, flows *prometheus.Desc
+	fec                                                           *fecMetrics
 }
 
 // NewClientCollector returns a collector that reads src at every scrape.
@@ -313,6 +318,7 @@ func NewClientCollector(src ClientSource) prometheus.Collector {
 		reconnects: d("reconnects_total", "Re-dials after the connection was lost."),
 		paths:      d("paths", "QUIC paths of the current connection."),
 		flows:      d("flows", "Flows (TCP streams) open now."),
+		fec:        newFECMetrics(p),
 	}
 }
 
@@ -328,6 +334,7 @@ func (c *clientCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.info, c.state, c.since, c.rtt, c.migrations, c.reconnects, c.paths, c.flows} {
 		ch <- d
 	}
+	c.fec.describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -353,6 +360,7 @@ func (c *clientCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.reconnects, prometheus.CounterValue, float64(st.Reconnects))
 	ch <- prometheus.MustNewConstMetric(c.paths, prometheus.GaugeValue, float64(len(st.Paths)))
 	ch <- prometheus.MustNewConstMetric(c.flows, prometheus.GaugeValue, float64(st.Flows))
+	c.fec.collect(st.FEC, ch)
 }
 
 // ErrNotReady is wrapped by the errors of ServerReady and ClientReady.

@@ -1,0 +1,106 @@
+package fec
+
+import (
+	"net"
+	"syscall"
+	"time"
+)
+
+// PacketConn is what Conn wraps: a UDP socket as quic-go uses it with GSO,
+// ECN and batched reads (*net.UDPConn, or a wrapper that embeds one).
+type PacketConn interface {
+	net.PacketConn
+	SyscallConn() (syscall.RawConn, error)
+	SetReadBuffer(int) error
+	ReadMsgUDP(b, oob []byte) (n, oobn, flags int, addr *net.UDPAddr, err error)
+	WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error)
+}
+
+// Config configures a Conn. Zero fields take the defaults.
+type Config struct {
+	// Accept makes the Conn answer any address that sends it valid FEC
+	// frames with FEC frames (the server). Without it, only addresses
+	// passed to Enable get them (the client).
+	Accept bool
+	// Hold bounds how long a packet that follows a missing one waits for
+	// it (default 25 ms). A gap is given up on sooner once a later block's
+	// parity shows its own cannot rebuild it; the bound covers parity
+	// that is late (a busy sender) or lost with nothing sent after it.
+	Hold time.Duration
+	// Flush is how long a partial block waits for more packets before its
+	// parity is sent (default 1 ms).
+	Flush time.Duration
+	// MaxPeers bounds the addresses with FEC state (default 4096); Idle
+	// is how long an address that sends nothing keeps it (default 1 min).
+	MaxPeers int
+	Idle     time.Duration
+}
+
+const (
+	defaultHold     = 25 * time.Millisecond
+	defaultFlush    = time.Millisecond
+	defaultMaxPeers = 4096
+	defaultIdle     = time.Minute
+	reportInterval  = 50 * time.Millisecond
+	// lossDecay is how much of the loss history each report keeps (about
+	// a second of memory at one report per 50 ms).
+	lossDecay = 0.95
+	// priorLost and priorTotal are the loss history a new peer starts
+	// with (auto policy): one loss in 200 packets.
+	priorLost, priorTotal = 1, 200
+	// cleanLoss is the loss rate below which the auto policy sends no
+	// parity.
+	cleanLoss = 1e-5
+	rbufSize  = 2048
+	readBatch = 8
+)
+
+// Stats counts what a Conn did, over all peers, since it was made.
+type Stats struct {
+	DecoderStats
+	// Peers is the number of addresses with FEC state now.
+	Peers int
+	// DataFrames and ParityFrames count frames sent; Reports counts
+	// reports sent.
+	DataFrames, ParityFrames, Reports uint64
+	// NoPeer counts FEC frames from addresses without FEC state (dropped);
+	// PeersRefused counts addresses refused because the table was full.
+	NoPeer, PeersRefused uint64
+	// K and M are the block shape last used for sending (M 0: frames
+	// without parity), and PeerLoss the loss rate a peer reported last;
+	// on a server with several peers, of one of them.
+	K, M     int
+	PeerLoss float64
+}
+
+// addDecoderStats adds b's counters to a.
+func addDecoderStats(a, b *DecoderStats) {
+	a.Received += b.Received
+	a.Duplicates += b.Duplicates
+	a.Late += b.Late
+	a.Resyncs += b.Resyncs
+	a.Recovered += b.Recovered
+	a.Unrecovered += b.Unrecovered
+	a.Lost += b.Lost
+	a.Held += b.Held
+	a.HoldTimeouts += b.HoldTimeouts
+	a.Hopeless += b.Hopeless
+	a.Parity += b.Parity
+	a.ParityUnused += b.ParityUnused
+	a.Malformed += b.Malformed
+}
+
+// Add adds b's counters to s; the gauges (Peers is summed) are b's if b
+// has peers.
+func (s *Stats) Add(b Stats) {
+	addDecoderStats(&s.DecoderStats, &b.DecoderStats)
+	s.DataFrames += b.DataFrames
+	s.ParityFrames += b.ParityFrames
+	s.Reports += b.Reports
+	s.NoPeer += b.NoPeer
+	s.PeersRefused += b.PeersRefused
+	if b.Peers > 0 {
+		s.Peers += b.Peers
+		s.K, s.M, s.PeerLoss = b.K, b.M, b.PeerLoss
+	}
+}

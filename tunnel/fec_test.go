@@ -1,0 +1,253 @@
+//go:build linux
+
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"io"
+	mrand "math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/roamvpn/roam/tunnel/fec"
+)
+
+// lossyRelay forwards UDP between one client and the server on loopback,
+// dropping each datagram with probability loss, and counts FEC frames.
+type lossyRelay struct {
+	addr              string
+	dropped, fecFrame atomic.Uint64
+}
+
+func startLossyRelay(t *testing.T, upstream string, loss float64) *lossyRelay {
+	t.Helper()
+	up, err := net.ResolveUDPAddr("udp", upstream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	front, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { front.Close(); back.Close() })
+	for _, c := range []*net.UDPConn{front, back} {
+		c.SetReadBuffer(8 << 20)
+	}
+	r := &lossyRelay{addr: front.LocalAddr().String()}
+	var mu sync.Mutex
+	rng := mrand.New(mrand.NewPCG(3, 4))
+	var client *net.UDPAddr
+	drop := func(b byte) bool {
+		if fec.IsFEC(b) {
+			r.fecFrame.Add(1)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if rng.Float64() < loss {
+			r.dropped.Add(1)
+			return true
+		}
+		return false
+	}
+	go func() {
+		b := make([]byte, 2048)
+		for {
+			n, a, err := front.ReadFromUDP(b)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			client = a
+			mu.Unlock()
+			if n > 0 && !drop(b[0]) {
+				back.WriteToUDP(b[:n], up)
+			}
+		}
+	}()
+	go func() {
+		b := make([]byte, 2048)
+		for {
+			n, _, err := back.ReadFromUDP(b)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			a := client
+			mu.Unlock()
+			if n > 0 && a != nil && !drop(b[0]) {
+				front.WriteToUDP(b[:n], a)
+			}
+		}
+	}()
+	return r
+}
+
+// tcpThroughTunnel sends size random bytes over TCP through the client's
+// netstack to a listener on the server's loopback and checks the hash.
+func tcpThroughTunnel(t *testing.T, tc *testClient, size int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	payload := make([]byte, size)
+	rand.Read(payload)
+	want := sha256.Sum256(payload)
+	got := make(chan [32]byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		h := sha256.New()
+		io.Copy(h, c)
+		var sum [32]byte
+		copy(sum[:], h.Sum(nil))
+		got <- sum
+		c.Write([]byte("done"))
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := tc.net.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(netip.MustParseAddr("100.96.0.1"), uint16(port)))
+	if err != nil {
+		t.Fatalf("dial through tunnel: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := io.Copy(c, bytes.NewReader(payload)); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	c.CloseWrite()
+	if reply, err := io.ReadAll(c); err != nil || string(reply) != "done" {
+		t.Fatalf("reply %q, %v", reply, err)
+	}
+	if sum := <-got; sum != want {
+		t.Fatal("the transfer through the tunnel is not byte-exact")
+	}
+}
+
+// TestFECEndToEnd: a client with --fec 16:4 through a relay dropping 2 %
+// each way negotiates FEC with the server, the tunnel carries TCP byte
+// exact, and both ends rebuilt lost packets.
+func TestFECEndToEnd(t *testing.T) {
+	ts := startTestServer(t, nil)
+	relay := startLossyRelay(t, ts.addr, 0.02)
+	tc, err := startTestClient(t, ts, func(c *ClientConfig) {
+		c.Server = relay.addr
+		c.FEC = fec.Policy{K: 16, M: 4}
+	})
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	tcpThroughTunnel(t, tc, 4<<20)
+	cs, on := tc.client.FECStats()
+	ss, son := ts.srv.FECStats()
+	t.Logf("relay dropped %d; client %+v; server %+v", relay.dropped.Load(), cs, ss)
+	if !on || !son {
+		t.Fatalf("FEC not on (client %v, server %v)", on, son)
+	}
+	if cs.Recovered == 0 || ss.Recovered == 0 || ss.Peers != 1 {
+		t.Fatalf("recovered: client %d, server %d; server peers %d", cs.Recovered, ss.Recovered, ss.Peers)
+	}
+	if st := tc.client.Status(); st.FEC == nil || !st.FEC.Active || st.FEC.Parity != "16:4" {
+		t.Fatalf("client status FEC %+v", st.FEC)
+	}
+	if st := ts.srv.Status(); st.FEC == nil || !st.FEC.Active {
+		t.Fatalf("server status FEC %+v", st.FEC)
+	}
+}
+
+// TestFECServerDisabled: a server with DisableFEC does not answer the
+// client's FEC header; the client stays plain QUIC and the tunnel works.
+func TestFECServerDisabled(t *testing.T) {
+	ts := startTestServerWith(t, testServerOpts{disableFEC: true})
+	relay := startLossyRelay(t, ts.addr, 0)
+	tc, err := startTestClient(t, ts, func(c *ClientConfig) {
+		c.Server = relay.addr
+		c.FEC = fec.Policy{K: fec.AutoK, Auto: true}
+	})
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	tcpThroughTunnel(t, tc, 256<<10)
+	if cs, on := tc.client.FECStats(); on || cs.DataFrames != 0 {
+		t.Fatalf("client FEC on %v, stats %+v", on, cs)
+	}
+	if n := relay.fecFrame.Load(); n != 0 {
+		t.Fatalf("%d FEC frames on the wire", n)
+	}
+	if st := ts.srv.Status(); st.FEC != nil {
+		t.Fatalf("server status FEC %+v with DisableFEC", st.FEC)
+	}
+}
+
+// TestFECPlainClient: a client without FEC against a server with it gets
+// plain QUIC only.
+func TestFECPlainClient(t *testing.T) {
+	ts := startTestServer(t, nil)
+	relay := startLossyRelay(t, ts.addr, 0)
+	tc, err := startTestClient(t, ts, func(c *ClientConfig) { c.Server = relay.addr })
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	tcpThroughTunnel(t, tc, 256<<10)
+	if n := relay.fecFrame.Load(); n != 0 {
+		t.Fatalf("%d FEC frames on the wire", n)
+	}
+	if ss, _ := ts.srv.FECStats(); ss.Peers != 0 || ss.DataFrames != 0 {
+		t.Fatalf("server FEC stats %+v", ss)
+	}
+	if st := tc.client.Status(); st.FEC != nil {
+		t.Fatalf("client status FEC %+v with FEC off", st.FEC)
+	}
+}
+
+// TestFECMigrationAndReconnect: after migrations (new sockets) and a
+// reconnect (a new connection), the client still frames from the first
+// packet of each new path, the server answers each new address with FEC,
+// and the tunnel works throughout.
+func TestFECMigrationAndReconnect(t *testing.T) {
+	ts := startTestServer(t, nil)
+	mon := &fakeMonitor{changes: make(chan struct{}, 1), local: netip.MustParseAddr("127.0.0.1"), ifindex: 1}
+	tc, err := startTestClient(t, ts, func(c *ClientConfig) {
+		c.Monitor = mon
+		c.FEC = fec.Policy{K: 8, M: 2}
+	})
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	gw := netip.MustParseAddr("100.96.0.1")
+	pingOnce(t, tc.net, gw)
+	for i := 1; i <= 2; i++ {
+		mon.set("127.0.0."+string(rune('1'+i)), i+1, false)
+		waitForCond(t, "a migration", 10*time.Second, func() bool { return tc.client.migrations.Load() == uint64(i) })
+		pingOnce(t, tc.net, gw)
+		if ss, _ := ts.srv.FECStats(); ss.Peers < i+1 {
+			t.Fatalf("after migration %d the server has FEC state for %d addresses", i, ss.Peers)
+		}
+	}
+	mon.set("127.0.0.4", 4, false) // a third change within 5 s reconnects
+	waitForCond(t, "a reconnect", 10*time.Second, func() bool { return tc.client.reconnects.Load() == 1 })
+	pingOnce(t, tc.net, gw)
+	cs, on := tc.client.FECStats()
+	if !on || cs.DataFrames == 0 || cs.Received == 0 {
+		t.Fatalf("after the reconnect: FEC on %v, client %+v", on, cs)
+	}
+	if ss, _ := ts.srv.FECStats(); ss.Malformed != 0 || ss.NoPeer != 0 {
+		t.Fatalf("server dropped frames: %+v", ss)
+	}
+}
