@@ -11,6 +11,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -232,15 +233,17 @@ func TestFECMigrationAndReconnect(t *testing.T) {
 	}
 	gw := netip.MustParseAddr("100.96.0.1")
 	pingOnce(t, tc.net, gw)
-	for i := 1; i <= 2; i++ {
-		mon.set("127.0.0."+string(rune('1'+i)), i+1, false)
+	for i := 1; i < maxLinkSockets; i++ {
+		mon.set("127.0.0."+strconv.Itoa(i+1), i+1, false)
 		waitForCond(t, "a migration", 10*time.Second, func() bool { return tc.client.migrations.Load() == uint64(i) })
 		pingOnce(t, tc.net, gw)
-		if ss, _ := ts.srv.FECStats(); ss.Peers < i+1 {
+		if ss, _ := ts.srv.FECStats(); i <= 2 && ss.Peers < i+1 {
 			t.Fatalf("after migration %d the server has FEC state for %d addresses", i, ss.Peers)
 		}
 	}
-	mon.set("127.0.0.4", 4, false) // a third change within 5 s reconnects
+	// One more socket than a connection may hold: the client reconnects.
+	last := maxLinkSockets + 1
+	mon.set("127.0.0."+strconv.Itoa(last), last, false)
 	waitForCond(t, "a reconnect", 10*time.Second, func() bool { return tc.client.reconnects.Load() == 1 })
 	pingOnce(t, tc.net, gw)
 	cs, on := tc.client.FECStats()
