@@ -311,6 +311,7 @@ func (p *Pump) receive(ctx context.Context, w *Writer, log *slog.Logger) error {
 // queues its packet for the device, or drops and counts it. pkt is scratch.
 func (p *Pump) handleDatagram(b []byte, pkt *Packet, w *Writer, l *Link) {
 	st := p.Stats
+	st.RxDatagrams.Add(1)
 	var (
 		qsid, ctxID uint64
 		n           int

@@ -211,6 +211,10 @@ func TestPumpReceiveDrops(t *testing.T) {
 	if n := b.stats.RxPackets.Load(); n != uint64(len(tests)) {
 		t.Fatalf("RxPackets = %d, want %d", n, len(tests))
 	}
+	// Every datagram taken from the connection counts, dropped or not.
+	if n := b.stats.RxDatagrams.Load(); n != uint64(2*len(tests)) {
+		t.Fatalf("RxDatagrams = %d, want %d", n, 2*len(tests))
+	}
 }
 
 func TestPumpDeviceDrops(t *testing.T) {

@@ -19,7 +19,13 @@ type Stats struct {
 	// RxPackets and RxBytes count packets received from the peer that
 	// passed every check and were queued for the device.
 	RxPackets, RxBytes atomic.Uint64
-	_                  [64]byte
+	// RxDatagrams counts datagrams taken from the connection (every one
+	// ReceiveDatagram returned), before any check. The peer's TxPackets
+	// minus RxDatagrams is what was lost on the way: on the wire, in the
+	// kernel's socket buffer, or in the QUIC library's receive queues,
+	// which drop silently when the receiver falls behind.
+	RxDatagrams atomic.Uint64
+	_           [64]byte
 
 	// DropMalformed counts packets or datagrams that failed ParsePrefix
 	// or Packet.Decode, and device reads reporting an impossible size.

@@ -76,6 +76,7 @@ type session struct {
 	end   context.CancelCauseFunc
 
 	txPackets, txBytes, rxPackets, rxBytes atomic.Uint64
+	rxDatagrams                            atomic.Uint64 // every datagram the stream returned, before checks
 
 	icmp []byte // scratch for ICMP too-big replies, made on first use; used by the sender only
 }
@@ -455,6 +456,8 @@ func (sess *session) receiveLoop() {
 		if err != nil {
 			return
 		}
+		sess.rxDatagrams.Add(1)
+		sess.srv.stats.RxDatagrams.Add(1)
 		ctxID, n, err := quicvarint.Parse(b)
 		if err != nil {
 			sess.srv.stats.DropMalformed.Add(1)

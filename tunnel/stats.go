@@ -17,7 +17,7 @@ func counterAttrs(st *datagram.Stats) []slog.Attr {
 		v    *atomic.Uint64
 	}{
 		{"tx_packets", &st.TxPackets}, {"tx_bytes", &st.TxBytes},
-		{"rx_packets", &st.RxPackets}, {"rx_bytes", &st.RxBytes},
+		{"rx_packets", &st.RxPackets}, {"rx_bytes", &st.RxBytes}, {"rx_datagrams", &st.RxDatagrams},
 		{"drop_malformed", &st.DropMalformed}, {"drop_src", &st.DropSrc}, {"drop_dst", &st.DropDst},
 		{"drop_policy", &st.DropPolicy}, {"drop_too_big", &st.DropTooBig}, {"drop_queue_full", &st.DropQueueFull},
 		{"drop_context", &st.DropContext}, {"drop_stream", &st.DropStream}, {"drop_no_link", &st.DropNoLink},

@@ -88,6 +88,10 @@ type SessionStatus struct {
 	TxBytes   uint64 `json:"tx_bytes"`
 	RxPackets uint64 `json:"rx_packets"`
 	RxBytes   uint64 `json:"rx_bytes"`
+	// RxDatagrams counts the datagrams taken from the connection for
+	// the session, before any check: the client's TxPackets minus this
+	// is what was lost on the way (wire, kernel, QUIC library queues).
+	RxDatagrams uint64 `json:"rx_datagrams"`
 	// Flows is the number of flows (TCP streams) open on the session's
 	// connection now.
 	Flows int `json:"flows"`
@@ -125,6 +129,9 @@ type ClientStatus struct {
 	TxBytes   uint64 `json:"tx_bytes"`
 	RxPackets uint64 `json:"rx_packets"`
 	RxBytes   uint64 `json:"rx_bytes"`
+	// RxDatagrams counts the datagrams taken from the connection, before
+	// any check (see SessionStatus.RxDatagrams).
+	RxDatagrams uint64 `json:"rx_datagrams"`
 	// FEC is forward error correction over all connections so far; nil
 	// if ClientConfig.FEC is off.
 	FEC *FECStatus `json:"fec,omitempty"`
@@ -158,18 +165,19 @@ func (s *Server) Status() ServerStatus {
 	for _, sess := range sessions {
 		as := sess.addrs.Load()
 		st.Sessions = append(st.Sessions, SessionStatus{
-			Kind:      "connect-ip",
-			Owner:     sess.owner,
-			User:      sess.pol.Load().id.User,
-			Remote:    sess.cs.conn.RemoteAddr().String(),
-			Addrs:     []netip.Addr{as.v4, as.v6},
-			Since:     sess.since,
-			RTT:       sess.cs.conn.ConnectionStats().SmoothedRTT,
-			TxPackets: sess.txPackets.Load(),
-			TxBytes:   sess.txBytes.Load(),
-			RxPackets: sess.rxPackets.Load(),
-			RxBytes:   sess.rxBytes.Load(),
-			Flows:     sess.cs.flowLimiter(s.cfg.MaxFlows).InUse(),
+			Kind:        "connect-ip",
+			Owner:       sess.owner,
+			User:        sess.pol.Load().id.User,
+			Remote:      sess.cs.conn.RemoteAddr().String(),
+			Addrs:       []netip.Addr{as.v4, as.v6},
+			Since:       sess.since,
+			RTT:         sess.cs.conn.ConnectionStats().SmoothedRTT,
+			TxPackets:   sess.txPackets.Load(),
+			TxBytes:     sess.txBytes.Load(),
+			RxPackets:   sess.rxPackets.Load(),
+			RxBytes:     sess.rxBytes.Load(),
+			RxDatagrams: sess.rxDatagrams.Load(),
+			Flows:       sess.cs.flowLimiter(s.cfg.MaxFlows).InUse(),
 		})
 	}
 	s.webMu.Lock()
@@ -245,6 +253,7 @@ func (c *Client) Status() ClientStatus {
 	st.TxBytes = c.stats.TxBytes.Load()
 	st.RxPackets = c.stats.RxPackets.Load()
 	st.RxBytes = c.stats.RxBytes.Load()
+	st.RxDatagrams = c.stats.RxDatagrams.Load()
 	if !c.cfg.FEC.Off() {
 		st.FEC = fecStatus(c.FECStats())
 	}

@@ -4,7 +4,14 @@
 # Runs ROUNDS interleaved rounds (roam, roam-flow, wg, roam, ...) of: iperf3
 # TCP client->inet (tcp1) and inet->client (rev), a 64-byte TCP
 # request/response RTT (nbsvc tcpping) and ICMP ping, and prints one summary
-# line per tunnel with the medians, side by side. roam is packet mode,
+# line per tunnel with the medians, side by side. cpu/cpurev are the CPU % of
+# the tunnel's processes (client+server, 100 = one core) during tcp1/rev. For
+# roam packet mode, drop1/droprev are the datagrams of the run's data direction
+# (client->server for tcp1, server->client for rev) lost inside the receiver's
+# quic-go per 10 s: the sender's tx_packets minus the receiver's rx_datagrams
+# (`roam status --json`) minus the UDP receive-buffer drops in the receiver's
+# namespace (/proc/net/snmp RcvbufErrors), with the lost fraction in
+# drop1pct/droprevpct. roam is packet mode,
 # roam-flow is `roam client --mode flow` (gVisor), roam-flow-sys is `roam client --mode flow
 # --stack system` (the kernel's TCP; not in the default ONLY). Needs root and the shared bench kit
 # (topo.sh, run-anchor.sh, nbsvc.go) from ../shared/bench, or BENCH_DIR.
@@ -52,6 +59,47 @@ iperf() { # args... -> Mbit/s
   jq -r '(.end.sum_received.bits_per_second // 0) / 1e6 | floor' "$j"
 }
 
+# counters: the datagram counters of the running roam pair and the UDP
+# receive-buffer drops of both namespaces: "ctx crx stx srx cdrop sdrop".
+counters() {
+  local c s
+  c=$("$BIN/roam" status --socket "$W/state/client.sock" --json 2>/dev/null || echo '{}')
+  s=$("$BIN/roam" status --socket "$W/state/server.sock" --json 2>/dev/null || echo '{}')
+  printf '%s %s %s %s %s %s\n' \
+    "$(jq -r '.client.tx_packets // 0' <<<"$c")" "$(jq -r '.client.rx_datagrams // 0' <<<"$c")" \
+    "$(jq -r '[.server.sessions[]? | select(.kind=="connect-ip") | .tx_packets] | add // 0' <<<"$s")" \
+    "$(jq -r '[.server.sessions[]? | select(.kind=="connect-ip") | .rx_datagrams] | add // 0' <<<"$s")" \
+    "$(udp_rcvbuf_errors nb-client)" "$(udp_rcvbuf_errors nb-server)"
+}
+udp_rcvbuf_errors() { # netns -> Udp RcvbufErrors
+  ip netns exec "$1" awk '$1=="Udp:" && !h {for (i=2;i<=NF;i++) if ($i=="RcvbufErrors") f=i; h=1; next} $1=="Udp:" && h {print $f}' /proc/net/snmp
+}
+
+# measured_iperf PIDS... -- IPERF_ARGS...: one iperf3 run; prints "Mbit/s
+# cpu% drops_per_10s drop%", the drops being those of the run's data
+# direction (-R: server->client) inside the receiving roam, kernel socket
+# buffer drops subtracted.
+measured_iperf() {
+  local pids=() a
+  while [[ $1 != -- ]]; do pids+=("$1"); shift; done
+  shift
+  local b0 t0 b1 t1 k0 k1 mbit
+  k0=($(counters)); b0=$(ticks "${pids[@]}"); t0=$(date +%s.%N)
+  mbit=$(iperf "$@")
+  b1=$(ticks "${pids[@]}"); t1=$(date +%s.%N)
+  sleep 0.3 # let the last datagrams land
+  k1=($(counters))
+  local sent rcvd kern
+  if [[ ${1:-} == -R ]]; then
+    sent=$((k1[2] - k0[2])) rcvd=$((k1[1] - k0[1])) kern=$((k1[4] - k0[4]))
+  else
+    sent=$((k1[0] - k0[0])) rcvd=$((k1[3] - k0[3])) kern=$((k1[5] - k0[5]))
+  fi
+  awk -v d=$((b1 - b0)) -v c="$CLK" -v a="$t0" -v b="$t1" -v m="$mbit" -v s="$sent" -v r="$rcvd" -v k="$kern" 'BEGIN{
+    t = b - a; lost = s - r - k; if (lost < 0) lost = 0
+    printf "%s %.0f %.0f %.2f\n", m, d*100/c/t, lost*10/t, (s > 0 ? lost*100/s : 0) }'
+}
+
 roam_round() { # packet|flow [gvisor|system]
   local cmode=$1 cstack=${2:-gvisor}
   "$TOPO" down >/dev/null 2>&1 || true
@@ -60,7 +108,7 @@ roam_round() { # packet|flow [gvisor|system]
   rm -f "$RUN/roam-server.log" "$RUN/roam-client.log"
   local tok; tok=$("$BIN/roam" token)
   printf '%s\n' "$tok" >"$W/state/tokens"
-  ip netns exec nb-server "$BIN/roam" server --listen $SRV:4433 --state-dir "$W/state" --tokens "$W/state/tokens" >"$RUN/roam-server.log" 2>&1 &
+  ip netns exec nb-server "$BIN/roam" server --listen $SRV:4433 --state-dir "$W/state" --tokens "$W/state/tokens" --status-socket "$W/state/server.sock" >"$RUN/roam-server.log" 2>&1 &
   echo $! >"$RUN/roam-server.pid"
   for _ in $(seq 100); do [[ -s $W/state/pin ]] && grep -qs "roam client" "$RUN/roam-server.log" && break; sleep 0.1; done
   local route=(--route 10.201.0.0/24)
@@ -75,20 +123,18 @@ roam_round() { # packet|flow [gvisor|system]
     relay_pid=$!
     dport=$RELAY_PORT
   fi
-  ip netns exec nb-client "$BIN/roam" client --server $SRV:$dport --token "$tok" --pin "$(cat "$W/state/pin")" --mode "$cmode" --stack "$cstack" "${route[@]}" "${fec[@]}" >"$RUN/roam-client.log" 2>&1 &
+  ip netns exec nb-client "$BIN/roam" client --server $SRV:$dport --token "$tok" --pin "$(cat "$W/state/pin")" --mode "$cmode" --stack "$cstack" --status-socket "$W/state/client.sock" "${route[@]}" "${fec[@]}" >"$RUN/roam-client.log" 2>&1 &
   echo $! >"$RUN/roam-client.pid"
   for _ in $(seq 150); do grep -qs "tunnel up" "$RUN/roam-client.log" && break; sleep 0.1; done
   grep -qs "tunnel up" "$RUN/roam-client.log" || { echo "[bench] roam did not come up" >&2; cat "$RUN"/roam-*.log >&2; exit 1; }
   local pids=($(cat "$RUN/roam-server.pid") $(cat "$RUN/roam-client.pid") $relay_pid)
-  local b0 t0 b1 t1
-  b0=$(ticks "${pids[@]}"); t0=$(date +%s.%N)
-  local tcp1; tcp1=$(iperf)
-  b1=$(ticks "${pids[@]}"); t1=$(date +%s.%N)
-  local cpu; cpu=$(awk -v d=$((b1 - b0)) -v c="$CLK" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", d*100/c/(b-a)}')
-  local rev; rev=$(iperf -R)
+  local tcp1 cpu drop1 drop1pct rev cpurev droprev droprevpct
+  read -r tcp1 cpu drop1 drop1pct < <(measured_iperf "${pids[@]}" --)
+  read -r rev cpurev droprev droprevpct < <(measured_iperf "${pids[@]}" -- -R)
+  [[ $cmode == packet ]] || { drop1=; drop1pct=; droprev=; droprevpct=; }
   local rtt; rtt=$(xc "$BIN/nbsvc" tcpping -to $INET:7007 -n 100 -i 10ms 2>/dev/null | sed -n 's/.*med=\([0-9.NA]*\).*/\1/p')
   local icmp; icmp=$(xc ping -c 50 -i 0.01 -W 1 $INET 2>&1 | grep -o 'time=[0-9.]*' | cut -d= -f2 | median)
-  echo "roam tcp1=$tcp1 rev=$rev rtt=$rtt icmp=$icmp cpu=$cpu"
+  echo "roam tcp1=$tcp1 rev=$rev rtt=$rtt icmp=$icmp cpu=$cpu cpurev=$cpurev${drop1:+ drop1=$drop1 drop1pct=$drop1pct droprev=$droprev droprevpct=$droprevpct}"
   kill -TERM "$(cat "$RUN/roam-client.pid")" "$(cat "$RUN/roam-server.pid")" $relay_pid 2>/dev/null || true
   sleep 0.5
   "$TOPO" down >/dev/null 2>&1 || true
@@ -124,9 +170,17 @@ done
 out=""
 for who in $ONLY; do
   l="$who:"
-  for k in tcp1 rev rtt icmp cpu; do
+  for k in tcp1 rev rtt icmp cpu cpurev drop1 drop1pct droprev droprevpct; do
+    [[ -n ${V[$who.$k]:-} ]] || continue
     m=$(tr ' ' '\n' <<<"${V[$who.$k]:-}" | median)
-    case $k in tcp1|rev) l+=" $k=$m Mbit/s" ;; rtt|icmp) l+=" $k=$m ms" ;; cpu) l+=" cpu_tun=$m%" ;; esac
+    case $k in
+      tcp1|rev) l+=" $k=$m Mbit/s" ;;
+      rtt|icmp) l+=" $k=$m ms" ;;
+      cpu) l+=" cpu_tun=$m%" ;;
+      cpurev) l+=" cpu_tun_rev=$m%" ;;
+      drop1|droprev) l+=" $k=$m/10s" ;;
+      drop1pct|droprevpct) l+=" $k=$m%" ;;
+    esac
   done
   out+="$l"$'\n'
 done

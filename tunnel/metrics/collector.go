@@ -80,6 +80,7 @@ func datagramStats[S any](prefix string, dg func(*S) *datagram.Stats, extra []st
 		c("tx_bytes_total", "Bytes of IP packets sent to the peer as datagrams.", "TxBytes", func(s *datagram.Stats) uint64 { return s.TxBytes.Load() }),
 		c("rx_packets_total", "IP packets received from the peer that passed every check.", "RxPackets", func(s *datagram.Stats) uint64 { return s.RxPackets.Load() }),
 		c("rx_bytes_total", "Bytes of IP packets received from the peer that passed every check.", "RxBytes", func(s *datagram.Stats) uint64 { return s.RxBytes.Load() }),
+		c("rx_datagrams_total", "Datagrams taken from the QUIC connection, before any check; the peer's tx_packets_total minus this is what was lost on the way (wire, kernel, QUIC library queues).", "RxDatagrams", func(s *datagram.Stats) uint64 { return s.RxDatagrams.Load() }),
 		c("icmp_too_big_total", "ICMP fragmentation-needed / packet-too-big messages written back to the device.", "ICMPTooBig", func(s *datagram.Stats) uint64 { return s.ICMPTooBig.Load() }),
 		c("device_write_errors_total", "Failed device writes (the batch's packets are lost).", "WriteErrors", func(s *datagram.Stats) uint64 { return s.WriteErrors.Load() }),
 		c("device_write_batches_total", "Device write calls.", "WriteBatches", func(s *datagram.Stats) uint64 { return s.WriteBatches.Load() }),
