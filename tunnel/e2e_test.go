@@ -243,53 +243,8 @@ func TestEndToEndUserspace(t *testing.T) {
 	t.Run("tcp-10MB", func(t *testing.T) {
 		// A listener on the server host's loopback, reached through the
 		// tunnel at the gateway address (userspace NAT maps it).
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		const size = 10 << 20
-		payload := make([]byte, size)
-		rand.Read(payload)
-		want := sha256.Sum256(payload)
-		got := make(chan [32]byte, 1)
-		go func() {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			h := sha256.New()
-			io.Copy(h, c)
-			var sum [32]byte
-			copy(sum[:], h.Sum(nil))
-			got <- sum
-			c.Write([]byte("done"))
-		}()
-		port := ln.Addr().(*net.TCPAddr).Port
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		c, err := tc.net.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(netip.MustParseAddr("100.96.0.1"), uint16(port)))
-		if err != nil {
-			t.Fatalf("dial through tunnel: %v", err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(60 * time.Second))
 		start := time.Now()
-		if _, err := io.Copy(c, bytes.NewReader(payload)); err != nil {
-			t.Fatalf("send: %v", err)
-		}
-		c.CloseWrite()
-		reply, err := io.ReadAll(c)
-		if err != nil {
-			t.Fatalf("reading reply: %v", err)
-		}
-		if string(reply) != "done" {
-			t.Fatalf("reply %q", reply)
-		}
-		if sum := <-got; sum != want {
-			t.Fatal("10 MB transfer through the tunnel is not byte-exact")
-		}
+		tcpThroughTunnel(t, tc, 10<<20)
 		t.Logf("10 MB through the tunnel in %v", time.Since(start))
 	})
 
@@ -628,5 +583,52 @@ func TestAddressRequest(t *testing.T) {
 	})
 	if n := ts.srv.Stats().SessionsActive.Load(); n != 1 {
 		t.Fatalf("SessionsActive = %d, want 1 after the takeover", n)
+	}
+}
+
+// tcpThroughTunnel sends size random bytes over TCP through the client's
+// netstack to a listener on the server's loopback and checks the hash.
+func tcpThroughTunnel(t *testing.T, tc *testClient, size int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	payload := make([]byte, size)
+	rand.Read(payload)
+	want := sha256.Sum256(payload)
+	got := make(chan [32]byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		h := sha256.New()
+		io.Copy(h, c)
+		var sum [32]byte
+		copy(sum[:], h.Sum(nil))
+		got <- sum
+		c.Write([]byte("done"))
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := tc.net.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(netip.MustParseAddr("100.96.0.1"), uint16(port)))
+	if err != nil {
+		t.Fatalf("dial through tunnel: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := io.Copy(c, bytes.NewReader(payload)); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	c.CloseWrite()
+	if reply, err := io.ReadAll(c); err != nil || string(reply) != "done" {
+		t.Fatalf("reply %q, %v", reply, err)
+	}
+	if sum := <-got; sum != want {
+		t.Fatal("the transfer through the tunnel is not byte-exact")
 	}
 }

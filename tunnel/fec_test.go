@@ -3,11 +3,6 @@
 package tunnel
 
 import (
-	"bytes"
-	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"io"
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
@@ -92,53 +87,6 @@ func startLossyRelay(t *testing.T, upstream string, loss float64) *lossyRelay {
 		}
 	}()
 	return r
-}
-
-// tcpThroughTunnel sends size random bytes over TCP through the client's
-// netstack to a listener on the server's loopback and checks the hash.
-func tcpThroughTunnel(t *testing.T, tc *testClient, size int) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	payload := make([]byte, size)
-	rand.Read(payload)
-	want := sha256.Sum256(payload)
-	got := make(chan [32]byte, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		h := sha256.New()
-		io.Copy(h, c)
-		var sum [32]byte
-		copy(sum[:], h.Sum(nil))
-		got <- sum
-		c.Write([]byte("done"))
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	c, err := tc.net.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(netip.MustParseAddr("100.96.0.1"), uint16(port)))
-	if err != nil {
-		t.Fatalf("dial through tunnel: %v", err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	if _, err := io.Copy(c, bytes.NewReader(payload)); err != nil {
-		t.Fatalf("send: %v", err)
-	}
-	c.CloseWrite()
-	if reply, err := io.ReadAll(c); err != nil || string(reply) != "done" {
-		t.Fatalf("reply %q, %v", reply, err)
-	}
-	if sum := <-got; sum != want {
-		t.Fatal("the transfer through the tunnel is not byte-exact")
-	}
 }
 
 // TestFECEndToEnd: a client with --fec 16:4 through a relay dropping 2 %
