@@ -136,18 +136,7 @@ func TestStopWhileReconnecting(t *testing.T) {
 // path coming back resumes it without a migration or reconnect.
 func TestMigrateOnNetworkChange(t *testing.T) {
 	ts := startTestServer(t, nil)
-	mon := &fakeMonitor{changes: make(chan struct{}, 1), local: netip.MustParseAddr("127.0.0.1"), ifindex: 1}
-	var sockets atomic.Int32
-	tc, err := startTestClient(t, ts, func(c *ClientConfig) {
-		c.Monitor = mon
-		c.ListenPacket = func(netip.Addr) (net.PacketConn, error) {
-			sockets.Add(1)
-			return net.ListenPacket("udp", "127.0.0.1:0")
-		}
-	})
-	if err != nil {
-		t.Fatalf("client: %v", err)
-	}
+	tc, mon, sockets := startMigratingClient(t, ts)
 	gw := netip.MustParseAddr("100.96.0.1")
 	pingOnce(t, tc.net, gw)
 
@@ -195,18 +184,7 @@ func TestMigrateOnNetworkChange(t *testing.T) {
 // reconnecting (quic-go v0.64 servers allowed two).
 func TestMigrateBackReusesSocket(t *testing.T) {
 	ts := startTestServer(t, nil)
-	mon := &fakeMonitor{changes: make(chan struct{}, 1), local: netip.MustParseAddr("127.0.0.1"), ifindex: 1}
-	var sockets atomic.Int32
-	tc, err := startTestClient(t, ts, func(c *ClientConfig) {
-		c.Monitor = mon
-		c.ListenPacket = func(netip.Addr) (net.PacketConn, error) {
-			sockets.Add(1)
-			return net.ListenPacket("udp", "127.0.0.1:0")
-		}
-	})
-	if err != nil {
-		t.Fatalf("client: %v", err)
-	}
+	tc, mon, sockets := startMigratingClient(t, ts)
 	gw := netip.MustParseAddr("100.96.0.1")
 	pingOnce(t, tc.net, gw)
 	moves := 2 * maxLinkSockets
@@ -225,6 +203,25 @@ func TestMigrateBackReusesSocket(t *testing.T) {
 	if n := ts.srv.Stats().SessionsTotal.Load(); n != 1 {
 		t.Fatalf("the server saw %d sessions, want 1", n)
 	}
+}
+
+// startMigratingClient starts a client of ts on a fake network monitor
+// (at 127.0.0.1, ifindex 1) whose sockets are counted.
+func startMigratingClient(t *testing.T, ts *testServer) (*testClient, *fakeMonitor, *atomic.Int32) {
+	t.Helper()
+	mon := &fakeMonitor{changes: make(chan struct{}, 1), local: netip.MustParseAddr("127.0.0.1"), ifindex: 1}
+	sockets := new(atomic.Int32)
+	tc, err := startTestClient(t, ts, func(c *ClientConfig) {
+		c.Monitor = mon
+		c.ListenPacket = func(netip.Addr) (net.PacketConn, error) {
+			sockets.Add(1)
+			return net.ListenPacket("udp", "127.0.0.1:0")
+		}
+	})
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	return tc, mon, sockets
 }
 
 func TestLiveness(t *testing.T) {
