@@ -214,8 +214,11 @@ func TestConnQUICOverLossyRelay(t *testing.T) {
 	}
 	cs, ss := cc.Stats(), srv.Stats()
 	t.Logf("relay dropped %d; client %+v; server %+v", r.dropped.Load(), cs, ss)
-	if r.dropped.Load() == 0 || ss.Recovered == 0 || cs.Recovered == 0 {
-		t.Fatalf("nothing recovered (client %d, server %d) with %d drops", cs.Recovered, ss.Recovered, r.dropped.Load())
+	// The client receives only the server's ACKs (a few hundred frames):
+	// some runs lose none of them, so only a loss must be recovered there.
+	if r.dropped.Load() == 0 || ss.Recovered == 0 || (cs.Lost > 0 && cs.Recovered == 0) {
+		t.Fatalf("nothing recovered (client %d of %d lost, server %d of %d) with %d drops",
+			cs.Recovered, cs.Lost, ss.Recovered, ss.Lost, r.dropped.Load())
 	}
 	if ss.Peers != 1 || ss.M != 4 {
 		t.Fatalf("server peers %d, parity %d:%d (want the client's 16:4)", ss.Peers, ss.K, ss.M)
