@@ -51,8 +51,15 @@ const (
 	// cleanLoss is the loss rate below which the auto policy sends no
 	// parity.
 	cleanLoss = 1e-5
-	rbufSize  = 2048
-	readBatch = 8
+	// The read buffers: without GRO, readBatch datagrams of up to
+	// rbufSize (more than any QUIC packet quic-go sends or reads); with
+	// GRO, fewer but room for a coalesced datagram (at most 64 KiB):
+	// 4 × 64 KiB = 256 KiB per Conn, rather than 512 KiB at readBatch,
+	// since one coalesced datagram holds up to 64 packets.
+	rbufSize     = 2048
+	readBatch    = 8
+	rbufSizeGRO  = 64 << 10
+	readBatchGRO = 4
 )
 
 // Stats counts what a Conn did, over all peers, since it was made.

@@ -24,7 +24,10 @@ import (
 // peers that never send FEC frames see a plain UDP socket.
 //
 // Conn implements quic-go's OOBCapablePacketConn and batch reads (ReadBatch),
-// so quic-go keeps GSO, ECN and recvmmsg. Close closes the wrapped socket.
+// so quic-go keeps GSO, ECN and recvmmsg. Where the kernel has it, Conn
+// also turns on UDP GRO on the socket and splits the coalesced datagrams
+// it reads back into packets (quic-go does not read with GRO itself).
+// Close closes the wrapped socket.
 type Conn struct {
 	PacketConn
 	cfg   Config
@@ -40,15 +43,23 @@ type Conn struct {
 	gsoSeen                             atomic.Bool
 
 	// Read side: one reader at a time.
-	rmu    sync.Mutex
-	rmsgs  []ipv4.Message
-	ready  []readyPkt
-	spare  [][]byte
-	out    []ipv4.Message // the caller's messages during a read
-	nout   int
-	curOOB []byte
-	curTo  net.Addr
-	dfn    func([]byte)
+	rmu   sync.Mutex
+	rmsgs []ipv4.Message
+	// The messages of the last socket read not yet handled: rmsgs[ri:rn],
+	// the next segment of rmsgs[ri] at roff, rseg long (see splitNext).
+	rn, ri, roff, rseg int
+	rnow               time.Time // when they were read
+	// gro: the socket coalesces datagrams (UDP_GRO is on); coalesced
+	// counts the datagrams read that held more than one segment.
+	gro       bool
+	coalesced atomic.Uint64
+	ready     []readyPkt
+	spare     [][]byte
+	out       []ipv4.Message // the caller's messages during a read
+	nout      int
+	curOOB    []byte
+	curTo     net.Addr
+	dfn       func([]byte)
 	// holding are the peers whose decoders hold packets behind a gap.
 	holding map[*peer]struct{}
 
@@ -88,6 +99,11 @@ type peer struct {
 
 // NewConn wraps pc. It does not enable FEC toward anyone: see Enable and
 // Config.Accept.
+//
+// NewConn turns on UDP_GRO on pc if the kernel allows it (a failure keeps
+// reads one datagram per packet): reads from pc that bypass the Conn get
+// coalesced datagrams from then on. With GRO the Conn holds readBatchGRO
+// read buffers of rbufSizeGRO (256 KiB), else readBatch of rbufSize (16 KiB).
 func NewConn(pc PacketConn, cfg Config) *Conn {
 	if cfg.Hold <= 0 {
 		cfg.Hold = defaultHold
@@ -102,9 +118,14 @@ func NewConn(pc PacketConn, cfg Config) *Conn {
 		cfg.Idle = defaultIdle
 	}
 	c := &Conn{PacketConn: pc, cfg: cfg, batch: ipv4.NewPacketConn(pc), peers: make(map[netip.AddrPort]*peer)}
-	c.rmsgs = make([]ipv4.Message, readBatch)
+	c.gro = enableGRO(pc)
+	batch, size := readBatch, rbufSize
+	if c.gro {
+		batch, size = readBatchGRO, rbufSizeGRO
+	}
+	c.rmsgs = make([]ipv4.Message, batch)
 	for i := range c.rmsgs {
-		c.rmsgs[i].Buffers = [][]byte{make([]byte, rbufSize)}
+		c.rmsgs[i].Buffers = [][]byte{make([]byte, size)}
 		c.rmsgs[i].OOB = make([]byte, 256)
 	}
 	c.dfn = c.deliver
@@ -414,6 +435,11 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 	c.out, c.nout = ms, 0
 	defer func() { c.out = nil }()
 	c.popReady()
+	if c.ri < c.rn {
+		// Segments of datagrams read before, which did not fit then.
+		c.handleRead()
+		c.expire(c.rnow)
+	}
 	for c.nout == 0 {
 		c.setInnerDeadline()
 		k, err := c.batch.ReadBatch(c.rmsgs, flags)
@@ -425,12 +451,71 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			}
 			return 0, err
 		}
-		for i := range k {
-			c.handle(&c.rmsgs[i], now)
-		}
+		c.rn, c.ri, c.roff, c.rnow = k, 0, 0, now
+		c.handleRead()
 		c.expire(now)
 	}
 	return c.nout, nil
+}
+
+// handleRead handles the segments of the datagrams read until the
+// caller's messages are full (what the decoder releases beyond them is
+// queued; unhandled segments wait for the next ReadBatch in rmsgs).
+func (c *Conn) handleRead() {
+	for c.ri < c.rn && c.nout < len(c.out) {
+		m := &c.rmsgs[c.ri]
+		if c.roff == 0 {
+			c.rseg = c.segmentSize(m)
+		}
+		start := c.roff
+		end := min(start+c.rseg, m.N)
+		c.roff = end
+		if end >= m.N {
+			c.ri++
+			c.roff = 0
+		}
+		c.handle(m, m.Buffers[0][start:end], c.rnow)
+	}
+}
+
+// segmentSize returns the size of m's segments (all but the last have it)
+// and strips the UDP_GRO message from m's control messages: it is about
+// the whole datagram, the others (ECN, packet info) hold for every
+// segment. A datagram without one, or with a size that is not between 1
+// and its length, is one segment.
+func (c *Conn) segmentSize(m *ipv4.Message) int {
+	n := m.N
+	if !c.gro || m.NN == 0 {
+		return max(n, 1)
+	}
+	oob := m.OOB[:m.NN]
+	seg := 0
+	w := 0
+	for r := 0; r < len(oob); {
+		h, body, rest, err := unix.ParseOneSocketControlMessage(oob[r:])
+		if err != nil {
+			// Keep the rest as it was: quic-go reports it.
+			w += copy(oob[w:], oob[r:])
+			break
+		}
+		next := len(oob) - len(rest)
+		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO {
+			if len(body) >= 4 {
+				seg = int(int32(binary.NativeEndian.Uint32(body)))
+			} else if len(body) >= 2 {
+				seg = int(binary.NativeEndian.Uint16(body))
+			}
+		} else {
+			w += copy(oob[w:], oob[r:next])
+		}
+		r = next
+	}
+	m.NN = w
+	if seg <= 0 || seg >= n {
+		return max(n, 1)
+	}
+	c.coalesced.Add(1)
+	return seg
 }
 
 func (c *Conn) userExpired(now time.Time) bool {
@@ -480,8 +565,8 @@ func (c *Conn) expire(now time.Time) {
 	}
 }
 
-func (c *Conn) handle(m *ipv4.Message, now time.Time) {
-	data := m.Buffers[0][:m.N]
+// handle handles data, one packet or frame (a segment) of m.
+func (c *Conn) handle(m *ipv4.Message, data []byte, now time.Time) {
 	c.curOOB = m.OOB[:m.NN]
 	c.curTo = m.Addr
 	if len(data) == 0 || !IsFEC(data[0]) {
@@ -571,6 +656,8 @@ func (c *Conn) deliver(pkt []byte) {
 		c.nout++
 		return
 	}
+	// Nothing longer fits in quic-go's buffers (nor was read without GRO).
+	pkt = pkt[:min(len(pkt), rbufSize)]
 	var b []byte
 	if n := len(c.spare); n > 0 {
 		b, c.spare = c.spare[n-1], c.spare[:n-1]
@@ -644,6 +731,21 @@ func appendSegment(oob []byte, size int) []byte {
 	h.SetLen(unix.CmsgLen(2))
 	binary.NativeEndian.PutUint16(b[start+unix.CmsgLen(0):], uint16(size))
 	return b
+}
+
+// enableGRO turns on UDP_GRO on pc's socket and reports whether it did.
+func enableGRO(pc PacketConn) bool {
+	rc, err := pc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_GRO, 1)
+	}); err != nil {
+		return false
+	}
+	return serr == nil
 }
 
 // Supported reports whether Conn frames packets on this platform.
