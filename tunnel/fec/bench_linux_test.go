@@ -66,19 +66,23 @@ func BenchmarkFEC16x4(b *testing.B)     { benchConns(b, Policy{K: 16, M: 4}) }
 // ends (or plain sockets with p off).
 func benchQUIC(b *testing.B, p Policy) {
 	sock := udp(b)
-	var srvConn net.PacketConn = sock
+	var fc *Conn
+	var ln *quic.Listener
 	if !p.Off() || p.Auto {
-		srvConn = NewConn(sock, Config{Accept: true})
-	}
-	tr := &quic.Transport{Conn: srvConn}
-	b.Cleanup(func() { tr.Close() })
-	ln, err := tr.Listen(&tls.Config{Certificates: []tls.Certificate{testCert(b)}, NextProtos: []string{"fec-test"}}, &quic.Config{})
-	if err != nil {
-		b.Fatal(err)
+		fc = NewConn(sock, Config{Accept: true})
+		ln = listen(b, fc)
+	} else {
+		tr := &quic.Transport{Conn: sock}
+		b.Cleanup(func() { tr.Close() })
+		var err error
+		ln, err = tr.Listen(&tls.Config{Certificates: []tls.Certificate{testCert(b)}, NextProtos: []string{alpnPlain}}, &quic.Config{})
+		if err != nil {
+			b.Fatal(err)
+		}
 	}
 	done := make(chan int64, 1)
 	go func() {
-		conn, err := ln.Accept(context.Background())
+		conn, err := accept(ln, fc)
 		if err != nil {
 			return
 		}
@@ -102,9 +106,13 @@ func benchQUIC(b *testing.B, p Policy) {
 		}
 		cliConn = cc
 	}
+	proto := alpnPlain
+	if fc != nil {
+		proto = alpnFEC
+	}
 	ctr := &quic.Transport{Conn: cliConn}
 	b.Cleanup(func() { ctr.Close() })
-	conn, err := ctr.Dial(context.Background(), saddr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"fec-test"}}, &quic.Config{})
+	conn, err := ctr.Dial(context.Background(), saddr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{proto}}, &quic.Config{})
 	if err != nil {
 		b.Fatal(err)
 	}
