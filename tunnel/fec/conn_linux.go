@@ -171,7 +171,8 @@ func (c *Conn) Enable(addr *net.UDPAddr, p Policy) {
 // bound connection and has sent valid frames itself, so frames that
 // anyone else sends from a plain client's address (spoofed) never turn
 // framing on toward that client. Binding a bound connection, or binding
-// on a Conn without Accept, does nothing.
+// on a Conn without Accept, does nothing. r must be comparable (a pointer,
+// as *quic.Conn is).
 func (c *Conn) Bind(r Remote) {
 	if !c.cfg.Accept {
 		return
@@ -445,7 +446,9 @@ func (c *Conn) flushTimer(p *peer) {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
 	n, start := p.enc.Pending()
-	if n == 0 {
+	if n == 0 || !p.send.Load() {
+		// Nothing to protect, or the peer is no longer framed to (its
+		// connection moved away): no parity toward it.
 		p.armed = false
 		return
 	}
