@@ -699,6 +699,11 @@ func (c *Conn) handle(m *ipv4.Message, data []byte, now time.Time) {
 	}
 	ua, _ := m.Addr.(*net.UDPAddr)
 	p := c.lookup(ua)
+	if c.cfg.Accept {
+		if d := now.Sub(c.scanAt); d >= rescanMax || (d >= rescanMin && (p == nil || !p.send.Load())) {
+			c.rescan(now)
+		}
+	}
 	if p == nil {
 		if p = c.accept(ua, now); p == nil {
 			if c.cfg.Accept && (f.Type == TypeData || f.Type == TypeDataProtected) {
@@ -708,11 +713,6 @@ func (c *Conn) handle(m *ipv4.Message, data []byte, now time.Time) {
 				c.deliver(f.Payload)
 			}
 			return
-		}
-	}
-	if c.cfg.Accept {
-		if d := now.Sub(c.scanAt); d >= rescanMax || (d >= rescanMin && !p.send.Load()) {
-			c.rescan(now)
 		}
 	}
 	p.last.Store(now.UnixNano())
