@@ -3,6 +3,7 @@
 package fec
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"sync/atomic"
@@ -48,10 +49,13 @@ func (g *bindRig) frame(c *net.UDPConn, marker byte) {
 	}
 }
 
-// framedTo reports whether a packet the server sends to c arrives framed.
+// framedTo reports whether a packet the server sends to c arrives framed
+// (the datagrams of earlier sends, parity and reports are skipped).
 func (g *bindRig) framedTo(c *net.UDPConn) bool {
 	g.t.Helper()
-	if _, _, err := g.srv.WriteMsgUDP([]byte{0x40, 9, 9, 9}, nil, c.LocalAddr().(*net.UDPAddr)); err != nil {
+	g.seq++
+	pkt := []byte{0x40, 9, byte(g.seq), byte(g.seq >> 8)}
+	if _, _, err := g.srv.WriteMsgUDP(pkt, nil, c.LocalAddr().(*net.UDPAddr)); err != nil {
 		g.t.Fatal(err)
 	}
 	b := make([]byte, 2048)
@@ -61,10 +65,12 @@ func (g *bindRig) framedTo(c *net.UDPConn) bool {
 		if err != nil {
 			g.t.Fatal(err)
 		}
-		if n > 0 && b[0] == TypeReport {
-			continue
+		switch {
+		case bytes.Equal(b[:n], pkt):
+			return false
+		case n == DataHeaderLen+len(pkt) && (b[0] == TypeData || b[0] == TypeDataProtected) && bytes.Equal(b[DataHeaderLen:n], pkt):
+			return true
 		}
-		return n > 0 && IsFEC(b[0])
 	}
 }
 

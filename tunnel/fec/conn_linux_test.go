@@ -271,6 +271,8 @@ func TestConnQUICOverLossyRelay(t *testing.T) {
 	t.Cleanup(func() { tr.Close() })
 	conn := dial(t, tr, raddr, true)
 	waitFor(t, "the server to bind the connection", func() bool { return srv.Stats().Sending == 1 })
+	// Plain packets sent before the binding may still be on their way.
+	transfer(t, conn, 64<<10)
 	plainBefore := r.plainOut.Load()
 	transfer(t, conn, 4<<20)
 	if err := context.Cause(conn.Context()); err != nil {
