@@ -19,6 +19,7 @@ import (
 // dropping each datagram with probability loss, and counts FEC frames.
 type lossyRelay struct {
 	addr              string
+	back              *net.UDPConn // the client's address as the server sees it
 	dropped, fecFrame atomic.Uint64
 }
 
@@ -40,7 +41,7 @@ func startLossyRelay(t *testing.T, upstream string, loss float64) *lossyRelay {
 	for _, c := range []*net.UDPConn{front, back} {
 		c.SetReadBuffer(8 << 20)
 	}
-	r := &lossyRelay{addr: front.LocalAddr().String()}
+	r := &lossyRelay{addr: front.LocalAddr().String(), back: back}
 	var mu sync.Mutex
 	rng := mrand.New(mrand.NewPCG(3, 4))
 	var client *net.UDPAddr
@@ -165,10 +166,63 @@ func TestFECPlainClient(t *testing.T) {
 	}
 }
 
+// newestFECConn returns the FEC wrapper of the socket c's link opened last.
+func newestFECConn(c *Client) *fec.Conn {
+	l := c.sup.Load().cur.Load()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.fecs[len(l.fecs)-1]
+}
+
+// TestFECSpoofedFramesPlainClient: valid FEC frames sent from a plain
+// client's address by someone else (spoofed: here from the relay's socket
+// toward the server, which is that address) give the server FEC state for
+// the address, but the server answers the client's connection with plain
+// QUIC still (it negotiated no FEC), and the tunnel keeps working.
+func TestFECSpoofedFramesPlainClient(t *testing.T) {
+	ts := startTestServer(t, nil)
+	relay := startLossyRelay(t, ts.addr, 0)
+	tc, err := startTestClient(t, ts, func(c *ClientConfig) { c.Server = relay.addr })
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	tcpThroughTunnel(t, tc, 64<<10)
+	saddr, err := net.ResolveUDPAddr("udp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc := fec.NewEncoder(fec.Policy{K: 4, M: 1}, 1)
+	for i := range 4 {
+		pkt := make([]byte, 60)
+		pkt[0], pkt[1] = 0x40, byte(i)
+		f, full := enc.AppendData(nil, pkt, time.Now())
+		relay.back.WriteToUDP(f, saddr)
+		if full {
+			p, n, l := enc.AppendParity(nil)
+			for j := range n {
+				relay.back.WriteToUDP(p[j*l:(j+1)*l], saddr)
+			}
+		}
+	}
+	relay.back.WriteToUDP(fec.AppendReport(nil, 16, 4, 4, 0), saddr)
+	waitForCond(t, "the server to decode the spoofed frames", 10*time.Second, func() bool {
+		ss, _ := ts.srv.FECStats()
+		return ss.Peers == 1 && ss.Received >= 4
+	})
+	tcpThroughTunnel(t, tc, 256<<10)
+	if n := relay.fecFrame.Load(); n != 0 {
+		t.Fatalf("%d FEC frames through the relay", n)
+	}
+	if ss, _ := ts.srv.FECStats(); ss.Sending != 0 || ss.DataFrames != 0 {
+		t.Fatalf("server FEC stats %+v", ss)
+	}
+}
+
 // TestFECMigrationAndReconnect: after migrations (new sockets) and a
 // reconnect (a new connection), the client still frames from the first
-// packet of each new path, the server answers each new address with FEC,
-// and the tunnel works throughout.
+// packet of each new path, the server answers each new address with FEC
+// (and only the connection's current one), and the tunnel works
+// throughout.
 func TestFECMigrationAndReconnect(t *testing.T) {
 	ts := startTestServer(t, nil)
 	mon := &fakeMonitor{changes: make(chan struct{}, 1), local: netip.MustParseAddr("127.0.0.1"), ifindex: 1}
@@ -188,12 +242,27 @@ func TestFECMigrationAndReconnect(t *testing.T) {
 		if ss, _ := ts.srv.FECStats(); i <= 2 && ss.Peers < i+1 {
 			t.Fatalf("after migration %d the server has FEC state for %d addresses", i, ss.Peers)
 		}
+		// The server frames toward the new path once quic-go has moved
+		// the connection there: the new socket decodes its frames.
+		fc := newestFECConn(tc.client)
+		waitForCond(t, "FEC frames on the new path", 10*time.Second, func() bool {
+			pingOnce(t, tc.net, gw)
+			return fc.Stats().Received > 0
+		})
+		if ss, _ := ts.srv.FECStats(); ss.Sending != 1 {
+			t.Fatalf("after migration %d the server frames toward %d addresses", i, ss.Sending)
+		}
 	}
 	// One more socket than a connection may hold: the client reconnects.
 	last := maxLinkSockets + 1
 	mon.set("127.0.0."+strconv.Itoa(last), last, false)
 	waitForCond(t, "a reconnect", 10*time.Second, func() bool { return tc.client.reconnects.Load() == 1 })
 	pingOnce(t, tc.net, gw)
+	// The old connection is gone: only the new one's address is framed to.
+	waitForCond(t, "the server to frame toward one address", 10*time.Second, func() bool {
+		ss, _ := ts.srv.FECStats()
+		return ss.Sending == 1
+	})
 	cs, on := tc.client.FECStats()
 	if !on || cs.DataFrames == 0 || cs.Received == 0 {
 		t.Fatalf("after the reconnect: FEC on %v, client %+v", on, cs)

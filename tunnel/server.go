@@ -652,11 +652,13 @@ func (s *Server) handleConnectIP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Capsule-Protocol", "?1")
-	if want := r.Header.Get(FECHeader); want != "" && s.fec.Load() != nil {
+	if fc := s.fec.Load(); fc != nil && r.Header.Get(FECHeader) != "" {
 		// The client frames its packets once it reads this; the
 		// server's socket follows the policy the client's own frames
-		// ask for.
-		if p, err := fec.ParsePolicy(want); err == nil && !p.Off() {
+		// ask for, and frames toward this connection's address (where
+		// it migrates to, too) only: bound before the answer leaves.
+		if p, err := fec.ParsePolicy(r.Header.Get(FECHeader)); err == nil && !p.Off() {
+			fc.Bind(cs.conn)
 			w.Header().Set(FECHeader, p.String())
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 )
 
 // benchConns sends 8 packets of 1350 bytes as one GSO batch from a to b
@@ -66,19 +67,23 @@ func BenchmarkFEC16x4(b *testing.B)     { benchConns(b, Policy{K: 16, M: 4}) }
 // ends (or plain sockets with p off).
 func benchQUIC(b *testing.B, p Policy) {
 	sock := udp(b)
-	var srvConn net.PacketConn = sock
+	var fc *Conn
+	var ln *quic.Listener
 	if !p.Off() || p.Auto {
-		srvConn = NewConn(sock, Config{Accept: true})
-	}
-	tr := &quic.Transport{Conn: srvConn}
-	b.Cleanup(func() { tr.Close() })
-	ln, err := tr.Listen(&tls.Config{Certificates: []tls.Certificate{testCert(b)}, NextProtos: []string{"fec-test"}}, &quic.Config{})
-	if err != nil {
-		b.Fatal(err)
+		fc = NewConn(sock, Config{Accept: true})
+		ln = listen(b, fc)
+	} else {
+		tr := &quic.Transport{Conn: sock}
+		b.Cleanup(func() { tr.Close() })
+		var err error
+		ln, err = tr.Listen(&tls.Config{Certificates: []tls.Certificate{testCert(b)}, NextProtos: []string{alpnPlain}}, &quic.Config{})
+		if err != nil {
+			b.Fatal(err)
+		}
 	}
 	done := make(chan int64, 1)
 	go func() {
-		conn, err := ln.Accept(context.Background())
+		conn, err := accept(ln, fc)
 		if err != nil {
 			return
 		}
@@ -102,9 +107,13 @@ func benchQUIC(b *testing.B, p Policy) {
 		}
 		cliConn = cc
 	}
+	proto := alpnPlain
+	if fc != nil {
+		proto = alpnFEC
+	}
 	ctr := &quic.Transport{Conn: cliConn}
 	b.Cleanup(func() { ctr.Close() })
-	conn, err := ctr.Dial(context.Background(), saddr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"fec-test"}}, &quic.Config{})
+	conn, err := ctr.Dial(context.Background(), saddr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{proto}}, &quic.Config{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -126,3 +135,60 @@ func benchQUIC(b *testing.B, p Policy) {
 
 func BenchmarkQUICPlain(b *testing.B)    { benchQUIC(b, Policy{}) }
 func BenchmarkQUICNoParity(b *testing.B) { benchQUIC(b, Policy{K: 16, Auto: true}) }
+
+// benchReadPlain sends GSO batches of 8 plain QUIC packets of 1350 bytes
+// and reads them back through r: the receive path a plain client's packets
+// take on a server with FEC on (a Conn with Accept) against a plain
+// socket. It reports the cost per packet (send included).
+func benchReadPlain(b *testing.B, conn bool, gro bool) {
+	ua, ub := udp(b), udp(b)
+	ub.SetReadBuffer(8 << 20)
+	baddr := ub.LocalAddr().(*net.UDPAddr)
+	var r func([]ipv4.Message, int) (int, error) = ipv4.NewPacketConn(ub).ReadBatch
+	if conn {
+		c := NewConn(ub, Config{Accept: true})
+		if !gro && c.gro {
+			rc, err := ub.SyscallConn()
+			if err != nil {
+				b.Fatal(err)
+			}
+			rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_GRO, 0) })
+			c.gro = false
+			for i := range c.rmsgs {
+				c.rmsgs[i].Buffers[0] = c.rmsgs[i].Buffers[0][:rbufSize]
+			}
+		} else if gro && !c.gro {
+			b.Skip("no UDP_GRO on this kernel")
+		}
+		r = c.ReadBatch
+	}
+	buf := make([]byte, 8*1350)
+	for i := 0; i < len(buf); i += 1350 {
+		buf[i] = 0x40
+	}
+	oob := appendSegment(nil, 1350)
+	ms := make([]ipv4.Message, 8)
+	for i := range ms {
+		ms[i].Buffers = [][]byte{make([]byte, 1452)}
+		ms[i].OOB = make([]byte, 128)
+	}
+	b.SetBytes(int64(len(buf)))
+	b.ResetTimer()
+	for range b.N {
+		if _, _, err := ua.WriteMsgUDP(buf, oob, baddr); err != nil {
+			b.Fatal(err)
+		}
+		for got := 0; got < 8; {
+			n, err := r(ms, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			got += n
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(8*b.N), "ns/packet")
+}
+
+func BenchmarkReadPlainSocket(b *testing.B)    { benchReadPlain(b, false, false) }
+func BenchmarkReadPlainConnGRO(b *testing.B)   { benchReadPlain(b, true, true) }
+func BenchmarkReadPlainConnNoGRO(b *testing.B) { benchReadPlain(b, true, false) }

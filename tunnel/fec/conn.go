@@ -1,6 +1,7 @@
 package fec
 
 import (
+	"context"
 	"net"
 	"syscall"
 	"time"
@@ -16,11 +17,21 @@ type PacketConn interface {
 	WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error)
 }
 
+// Remote is a connection a server's Conn may send FEC frames to (a
+// *quic.Conn on which FEC was negotiated; see Conn.Bind). RemoteAddr is
+// its current peer address, which changes when the peer migrates or its
+// NAT rebinds; Context is done once the connection is closed.
+type Remote interface {
+	RemoteAddr() net.Addr
+	Context() context.Context
+}
+
 // Config configures a Conn. Zero fields take the defaults.
 type Config struct {
-	// Accept makes the Conn answer any address that sends it valid FEC
-	// frames with FEC frames (the server). Without it, only addresses
-	// passed to Enable get them (the client).
+	// Accept makes the Conn decode valid FEC frames from any address and
+	// answer an address with FEC frames once it is also the current
+	// address of a connection passed to Bind (the server). Without it,
+	// only addresses passed to Enable send or get frames (the client).
 	Accept bool
 	// Hold bounds how long a packet that follows a missing one waits for
 	// it (default 25 ms). A gap is given up on sooner once a later block's
@@ -41,7 +52,11 @@ const (
 	defaultFlush    = time.Millisecond
 	defaultMaxPeers = 4096
 	defaultIdle     = time.Minute
-	reportInterval  = 50 * time.Millisecond
+	// rescanMin and rescanMax bound how often a server's Conn follows its
+	// bound connections to their current addresses (see Conn.rescan).
+	rescanMin      = 10 * time.Millisecond
+	rescanMax      = time.Second
+	reportInterval = 50 * time.Millisecond
 	// lossDecay is how much of the loss history each report keeps (about
 	// a second of memory at one report per 50 ms).
 	lossDecay = 0.95
@@ -65,8 +80,11 @@ const (
 // Stats counts what a Conn did, over all peers, since it was made.
 type Stats struct {
 	DecoderStats
-	// Peers is the number of addresses with FEC state now.
-	Peers int
+	// Peers is the number of addresses with FEC state now; Sending of
+	// them are sent frames (on a server: those that are the current
+	// address of a bound connection), the others' frames are only
+	// decoded.
+	Peers, Sending int
 	// DataFrames and ParityFrames count frames sent; Reports counts
 	// reports sent.
 	DataFrames, ParityFrames, Reports uint64
@@ -108,6 +126,7 @@ func (s *Stats) Add(b Stats) {
 	s.PeersRefused += b.PeersRefused
 	if b.Peers > 0 {
 		s.Peers += b.Peers
+		s.Sending += b.Sending
 		s.K, s.M, s.PeerLoss = b.K, b.M, b.PeerLoss
 	}
 }

@@ -1,6 +1,7 @@
 package fec
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
@@ -37,7 +38,13 @@ type Conn struct {
 	peers   map[netip.AddrPort]*peer // guarded by mu
 	retired Stats                    // counters of removed peers; guarded by mu
 	lastK   atomic.Int64             // K<<8|M of the last block shape used
-	sweep   time.Time                // read side only
+	sweep   time.Time                // guarded by mu
+	// Server side (see Bind): the bound connections and the address each
+	// is counted at (the zero AddrPort: none), and how many are counted
+	// at each address; guarded by mu.
+	binds  map[Remote]netip.AddrPort
+	bound  map[netip.AddrPort]int
+	scanAt time.Time // the last rescan; read side only
 
 	noPeer, refused, malformed, reports atomic.Uint64
 	gsoSeen                             atomic.Bool
@@ -78,6 +85,9 @@ type peer struct {
 	key  netip.AddrPort
 	addr *net.UDPAddr
 	want Policy // the parity asked of the peer (client: its --fec)
+	// send: packets to the peer are framed. Always on a client (Enable);
+	// on a server while key is the address of a bound connection.
+	send atomic.Bool
 
 	wmu        sync.Mutex
 	enc        *Encoder
@@ -117,7 +127,12 @@ func NewConn(pc PacketConn, cfg Config) *Conn {
 	if cfg.Idle <= 0 {
 		cfg.Idle = defaultIdle
 	}
-	c := &Conn{PacketConn: pc, cfg: cfg, batch: ipv4.NewPacketConn(pc), peers: make(map[netip.AddrPort]*peer)}
+	c := &Conn{
+		PacketConn: pc, cfg: cfg, batch: ipv4.NewPacketConn(pc),
+		peers: make(map[netip.AddrPort]*peer),
+		binds: make(map[Remote]netip.AddrPort),
+		bound: make(map[netip.AddrPort]int),
+	}
 	c.gro = enableGRO(pc)
 	batch, size := readBatch, rbufSize
 	if c.gro {
@@ -137,14 +152,101 @@ func NewConn(pc PacketConn, cfg Config) *Conn {
 // with the parity p asks for (and the peer is asked, in reports, to send
 // the same). Call it only once the peer said it speaks FEC.
 func (c *Conn) Enable(addr *net.UDPAddr, p Policy) {
-	key := addr.AddrPort()
-	key = netip.AddrPortFrom(key.Addr().Unmap(), key.Port())
+	key := addrKey(addr)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if old := c.peers[key]; old != nil {
 		c.removeLocked(old)
 	}
-	c.peers[key] = c.newPeer(key, p, p)
+	np := c.newPeer(key, p, p)
+	np.send.Store(true)
+	c.peers[key] = np
+}
+
+// Bind lets a server's Conn (Config.Accept) frame what it sends to r's
+// current address, following r when it migrates, until r's context is
+// done. Call it for a connection on which the client asked for FEC and
+// was answered, before the answer leaves: the client frames once it reads
+// it. An address is sent frames only while it is the current address of a
+// bound connection and has sent valid frames itself, so frames that
+// anyone else sends from a plain client's address (spoofed) never turn
+// framing on toward that client. Binding a bound connection, or binding
+// on a Conn without Accept, does nothing. r must be comparable (a pointer,
+// as *quic.Conn is).
+func (c *Conn) Bind(r Remote) {
+	if !c.cfg.Accept {
+		return
+	}
+	c.mu.Lock()
+	if _, ok := c.binds[r]; ok {
+		c.mu.Unlock()
+		return
+	}
+	c.binds[r] = netip.AddrPort{}
+	c.followLocked(r)
+	c.mu.Unlock()
+	context.AfterFunc(r.Context(), func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if at, ok := c.binds[r]; ok {
+			delete(c.binds, r)
+			c.countLocked(at, -1)
+		}
+	})
+}
+
+// addrKey is the table key of addr: IPv4-mapped addresses unmapped; the
+// zero AddrPort for nil or a non-UDP address.
+func addrKey(addr net.Addr) netip.AddrPort {
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok || ua == nil {
+		return netip.AddrPort{}
+	}
+	key := ua.AddrPort()
+	return netip.AddrPortFrom(key.Addr().Unmap(), key.Port())
+}
+
+// followLocked moves r's count to the address r has now.
+func (c *Conn) followLocked(r Remote) {
+	at := addrKey(r.RemoteAddr())
+	if old := c.binds[r]; at != old {
+		c.binds[r] = at
+		c.countLocked(old, -1)
+		c.countLocked(at, 1)
+	}
+}
+
+// countLocked adds d to the bound connections at key, and turns framing
+// toward key's peer on or off to match.
+func (c *Conn) countLocked(key netip.AddrPort, d int) {
+	if !key.IsValid() {
+		return
+	}
+	n := c.bound[key] + d
+	if n > 0 {
+		c.bound[key] = n
+	} else {
+		delete(c.bound, key)
+	}
+	if p := c.peers[key]; p != nil {
+		p.send.Store(n > 0)
+	}
+}
+
+// rescan follows every bound connection to its current address. quic-go
+// says nothing when it switches a connection to a new path (its remote
+// address changes), so the read side rescans when frames come from a
+// peer that is not sent frames (at most every rescanMin: a migrated
+// client frames from its first packet on the new path, before and after
+// quic-go validates the path and switches to it) and every rescanMax
+// anyway. A rescan costs one atomic load and compare per bound connection.
+func (c *Conn) rescan(now time.Time) {
+	c.scanAt = now
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for r := range c.binds {
+		c.followLocked(r)
+	}
 }
 
 func (c *Conn) newPeer(key netip.AddrPort, want, send Policy) *peer {
@@ -196,6 +298,9 @@ func (c *Conn) Stats() Stats {
 	s := c.retired
 	s.Peers = len(c.peers)
 	for _, p := range c.peers {
+		if p.send.Load() {
+			s.Sending++
+		}
 		p.wmu.Lock()
 		s.DataFrames += p.enc.DataFrames
 		s.ParityFrames += p.enc.ParityFrames
@@ -219,8 +324,7 @@ func (c *Conn) lookup(addr *net.UDPAddr) *peer {
 	if addr == nil {
 		return nil
 	}
-	key := addr.AddrPort()
-	key = netip.AddrPortFrom(key.Addr().Unmap(), key.Port())
+	key := addrKey(addr)
 	c.mu.RLock()
 	p := c.peers[key]
 	c.mu.RUnlock()
@@ -242,7 +346,7 @@ func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 // every block the packets complete.
 func (c *Conn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (int, int, error) {
 	p := c.lookup(addr)
-	if p == nil {
+	if p == nil || !p.send.Load() {
 		return c.PacketConn.WriteMsgUDP(b, oob, addr)
 	}
 	segOff := findSegment(oob)
@@ -342,7 +446,9 @@ func (c *Conn) flushTimer(p *peer) {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
 	n, start := p.enc.Pending()
-	if n == 0 {
+	if n == 0 || !p.send.Load() {
+		// Nothing to protect, or the peer is no longer framed to (its
+		// connection moved away): no parity toward it.
 		p.armed = false
 		return
 	}
@@ -593,8 +699,19 @@ func (c *Conn) handle(m *ipv4.Message, data []byte, now time.Time) {
 	}
 	ua, _ := m.Addr.(*net.UDPAddr)
 	p := c.lookup(ua)
+	if c.cfg.Accept {
+		if d := now.Sub(c.scanAt); d >= rescanMax || (d >= rescanMin && (p == nil || !p.send.Load())) {
+			c.rescan(now)
+		}
+	}
 	if p == nil {
 		if p = c.accept(ua, now); p == nil {
+			if c.cfg.Accept && (f.Type == TypeData || f.Type == TypeDataProtected) {
+				// No room for its state: the packet still goes to
+				// quic-go (QUIC drops what it cannot authenticate),
+				// unordered and unprotected.
+				c.deliver(f.Payload)
+			}
 			return
 		}
 	}
@@ -613,14 +730,16 @@ func (c *Conn) handle(m *ipv4.Message, data []byte, now time.Time) {
 }
 
 // accept creates FEC state for an address that sent a valid frame (server
-// side), within the table's bound.
+// side), within the table's bound: frames from it are decoded, and packets
+// to it are framed while it is the address of a bound connection. When the
+// table is full, a bound address takes the place of the longest-silent
+// address that is not.
 func (c *Conn) accept(ua *net.UDPAddr, now time.Time) *peer {
 	if !c.cfg.Accept || ua == nil {
 		c.noPeer.Add(1)
 		return nil
 	}
-	key := ua.AddrPort()
-	key = netip.AddrPortFrom(key.Addr().Unmap(), key.Port())
+	key := addrKey(ua)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if p := c.peers[key]; p != nil {
@@ -634,6 +753,17 @@ func (c *Conn) accept(ua *net.UDPAddr, now time.Time) *peer {
 			}
 		}
 	}
+	if len(c.peers) >= c.cfg.MaxPeers && c.bound[key] > 0 {
+		var old *peer
+		for _, p := range c.peers {
+			if !p.send.Load() && (old == nil || p.last.Load() < old.last.Load()) {
+				old = p
+			}
+		}
+		if old != nil {
+			c.removeLocked(old)
+		}
+	}
 	if len(c.peers) >= c.cfg.MaxPeers {
 		c.refused.Add(1)
 		return nil
@@ -641,6 +771,7 @@ func (c *Conn) accept(ua *net.UDPAddr, now time.Time) *peer {
 	// Until the peer's first report says otherwise: adapt to loss.
 	auto := Policy{K: AutoK, Auto: true}
 	p := c.newPeer(key, Policy{}, auto)
+	p.send.Store(c.bound[key] > 0)
 	c.peers[key] = p
 	return p
 }

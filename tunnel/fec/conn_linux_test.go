@@ -54,31 +54,29 @@ func udp(t testing.TB) *net.UDPConn {
 }
 
 // relay forwards datagrams between one client and upstream, dropping each
-// with probability loss (both ways), and counts what it saw.
+// with probability loss (both ways), and counts what it saw. Toward
+// upstream it sends from one socket at a time (the client's address as the
+// server sees it); rebind moves to a new one, as a NAT rebinding does.
 type relay struct {
 	pc              *net.UDPConn
+	upstream        *net.UDPAddr
 	loss            float64
 	dropped, fecOut atomic.Uint64 // fecOut: FEC frames toward the client
 	plainOut        atomic.Uint64
+
+	mu     sync.Mutex
+	rng    *rand.Rand
+	client *net.UDPAddr
+	up     *net.UDPConn // the current upstream socket
 }
 
 func startRelay(t *testing.T, upstream *net.UDPAddr, loss float64) *relay {
-	r := &relay{pc: udp(t), loss: loss}
-	up := udp(t)
+	r := &relay{pc: udp(t), upstream: upstream, loss: loss, rng: rand.New(rand.NewPCG(7, 8))}
 	// Loopback bursts would overflow default buffers: loss that is not
 	// the random loss under test.
-	for _, c := range []*net.UDPConn{r.pc, up} {
-		c.SetReadBuffer(8 << 20)
-		c.SetWriteBuffer(8 << 20)
-	}
-	var mu sync.Mutex
-	var client *net.UDPAddr
-	rng := rand.New(rand.NewPCG(7, 8))
-	drop := func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return rng.Float64() < r.loss
-	}
+	r.pc.SetReadBuffer(8 << 20)
+	r.pc.SetWriteBuffer(8 << 20)
+	r.rebind(t)
 	go func() {
 		b := make([]byte, 2048)
 		for {
@@ -86,16 +84,44 @@ func startRelay(t *testing.T, upstream *net.UDPAddr, loss float64) *relay {
 			if err != nil {
 				return
 			}
-			mu.Lock()
-			client = a
-			mu.Unlock()
-			if drop() {
+			r.mu.Lock()
+			r.client = a
+			up := r.up
+			r.mu.Unlock()
+			if r.drop() {
 				r.dropped.Add(1)
 				continue
 			}
 			up.WriteToUDP(b[:n], upstream)
 		}
 	}()
+	return r
+}
+
+func (r *relay) drop() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rng.Float64() < r.loss
+}
+
+// upSocket returns the socket the relay now sends upstream from.
+func (r *relay) upSocket() *net.UDPConn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.up
+}
+
+// rebind sends upstream from a new socket from now on (what comes back to
+// the old one is still forwarded).
+// It returns the count of FEC frames that come back to the new socket.
+func (r *relay) rebind(t *testing.T) *atomic.Uint64 {
+	var fecHere atomic.Uint64
+	up := udp(t)
+	up.SetReadBuffer(8 << 20)
+	up.SetWriteBuffer(8 << 20)
+	r.mu.Lock()
+	r.up = up
+	r.mu.Unlock()
 	go func() {
 		b := make([]byte, 2048)
 		for {
@@ -105,20 +131,49 @@ func startRelay(t *testing.T, upstream *net.UDPAddr, loss float64) *relay {
 			}
 			if IsFEC(b[0]) {
 				r.fecOut.Add(1)
+				fecHere.Add(1)
 			} else {
 				r.plainOut.Add(1)
 			}
-			if drop() {
+			if r.drop() {
 				r.dropped.Add(1)
 				continue
 			}
-			mu.Lock()
-			a := client
-			mu.Unlock()
+			r.mu.Lock()
+			a := r.client
+			r.mu.Unlock()
 			r.pc.WriteToUDP(b[:n], a)
 		}
 	}()
-	return r
+	return &fecHere
+}
+
+// The test servers' ALPN protocols: a client that dials with alpnFEC has
+// FEC negotiated (it stands in for Roam's CONNECT-IP header), and the
+// server binds its connection to the Conn.
+const (
+	alpnPlain = "fec-test"
+	alpnFEC   = "fec-test-fec"
+)
+
+// listen returns a listener on a FEC-accepting Conn that binds the
+// connections that dial with alpnFEC.
+func listen(t testing.TB, fc *Conn) *quic.Listener {
+	tr := &quic.Transport{Conn: fc}
+	t.Cleanup(func() { tr.Close() })
+	ln, err := tr.Listen(&tls.Config{Certificates: []tls.Certificate{testCert(t)}, NextProtos: []string{alpnFEC, alpnPlain}}, &quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+func accept(ln *quic.Listener, fc *Conn) (*quic.Conn, error) {
+	conn, err := ln.Accept(context.Background())
+	if err == nil && conn.ConnectionState().TLS.NegotiatedProtocol == alpnFEC {
+		fc.Bind(conn)
+	}
+	return conn, err
 }
 
 // startServer runs an echo-the-hash QUIC server on a FEC-accepting Conn:
@@ -126,15 +181,10 @@ func startRelay(t *testing.T, upstream *net.UDPAddr, loss float64) *relay {
 func startServer(t *testing.T) (*Conn, *net.UDPAddr) {
 	sock := udp(t)
 	fc := NewConn(sock, Config{Accept: true})
-	tr := &quic.Transport{Conn: fc}
-	t.Cleanup(func() { tr.Close() })
-	ln, err := tr.Listen(&tls.Config{Certificates: []tls.Certificate{testCert(t)}, NextProtos: []string{"fec-test"}}, &quic.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listen(t, fc)
 	go func() {
 		for {
-			conn, err := ln.Accept(context.Background())
+			conn, err := accept(ln, fc)
 			if err != nil {
 				return
 			}
@@ -157,10 +207,16 @@ func startServer(t *testing.T) (*Conn, *net.UDPAddr) {
 	return fc, sock.LocalAddr().(*net.UDPAddr)
 }
 
-func dial(t *testing.T, tr *quic.Transport, addr *net.UDPAddr) *quic.Conn {
+// dial connects to a test server; withFEC dials with alpnFEC (the server
+// binds the connection).
+func dial(t *testing.T, tr *quic.Transport, addr *net.UDPAddr, withFEC bool) *quic.Conn {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, err := tr.Dial(ctx, addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"fec-test"}}, &quic.Config{})
+	proto := alpnPlain
+	if withFEC {
+		proto = alpnFEC
+	}
+	conn, err := tr.Dial(ctx, addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{proto}}, &quic.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +228,12 @@ func dial(t *testing.T, tr *quic.Transport, addr *net.UDPAddr) *quic.Conn {
 // hash of them.
 func transfer(t *testing.T, conn *quic.Conn, n int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	transferWithin(t, conn, n, 60*time.Second)
+}
+
+func transferWithin(t *testing.T, conn *quic.Conn, n int, d time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	str, err := conn.OpenStreamSync(ctx)
 	if err != nil {
@@ -196,8 +257,9 @@ func transfer(t *testing.T, conn *quic.Conn, n int) {
 
 // TestConnQUICOverLossyRelay carries a real quic-go connection through a
 // relay that drops 3 % each way, with FEC on both ends: the transfer is
-// byte exact, FEC rebuilt packets in both directions, and the plain-QUIC
-// first flight reached the server untouched.
+// byte exact, FEC rebuilt packets in both directions, and once the server
+// has bound the connection (after the handshake here, as after the
+// CONNECT-IP request in Roam) it frames everything it sends.
 func TestConnQUICOverLossyRelay(t *testing.T) {
 	srv, saddr := startServer(t)
 	r := startRelay(t, saddr, lossForTest)
@@ -207,7 +269,11 @@ func TestConnQUICOverLossyRelay(t *testing.T) {
 	cc.Enable(raddr, Policy{K: 16, M: 4})
 	tr := &quic.Transport{Conn: cc}
 	t.Cleanup(func() { tr.Close() })
-	conn := dial(t, tr, raddr)
+	conn := dial(t, tr, raddr, true)
+	waitFor(t, "the server to bind the connection", func() bool { return srv.Stats().Sending == 1 })
+	// Plain packets sent before the binding may still be on their way.
+	transfer(t, conn, 64<<10)
+	plainBefore := r.plainOut.Load()
 	transfer(t, conn, 4<<20)
 	if err := context.Cause(conn.Context()); err != nil {
 		t.Fatalf("connection error: %v", err)
@@ -223,8 +289,8 @@ func TestConnQUICOverLossyRelay(t *testing.T) {
 	if ss.Peers != 1 || ss.M != 4 {
 		t.Fatalf("server peers %d, parity %d:%d (want the client's 16:4)", ss.Peers, ss.K, ss.M)
 	}
-	if r.plainOut.Load() != 0 {
-		t.Fatalf("the server sent %d plain QUIC packets to a FEC peer", r.plainOut.Load())
+	if n := r.plainOut.Load() - plainBefore; n != 0 {
+		t.Fatalf("the server sent %d plain QUIC packets to a bound FEC peer", n)
 	}
 }
 
@@ -235,13 +301,114 @@ func TestConnPlainPeer(t *testing.T) {
 	r := startRelay(t, saddr, 0)
 	tr := &quic.Transport{Conn: udp(t)}
 	t.Cleanup(func() { tr.Close() })
-	conn := dial(t, tr, r.pc.LocalAddr().(*net.UDPAddr))
+	conn := dial(t, tr, r.pc.LocalAddr().(*net.UDPAddr), false)
 	transfer(t, conn, 1<<20)
 	if n := r.fecOut.Load(); n != 0 {
 		t.Fatalf("the server sent %d FEC frames to a plain QUIC client", n)
 	}
 	if s := srv.Stats(); s.Peers != 0 || s.DataFrames != 0 {
 		t.Fatalf("server stats %+v", s)
+	}
+}
+
+// spoofedFrames returns what an off-path attacker would send from a plain
+// client's address to turn FEC on toward it: a valid block of four data
+// frames (short-header-looking packets) with its parity, and a report
+// asking for parity.
+func spoofedFrames() [][]byte {
+	enc := NewEncoder(Policy{K: 4, M: 1}, 77)
+	now := time.Now()
+	var frames [][]byte
+	for i := range 4 {
+		pkt := make([]byte, 60)
+		pkt[0], pkt[1] = 0x40, byte(i)
+		b, full := enc.AppendData(nil, pkt, now)
+		frames = append(frames, b)
+		if full {
+			p, n, l := enc.AppendParity(nil)
+			for j := range n {
+				frames = append(frames, p[j*l:(j+1)*l])
+			}
+		}
+	}
+	return append(frames, AppendReport(nil, 16, 4, 4, 0))
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// TestConnSpoofedFramesPlainClient: FEC frames that someone else sends
+// from a plain QUIC client's address (spoofed; here sent from the relay's
+// upstream socket, which is the client's address as the server sees it)
+// are decoded but do not make the server frame toward that client: its
+// connection keeps working and gets no FEC frame.
+func TestConnSpoofedFramesPlainClient(t *testing.T) {
+	srv, saddr := startServer(t)
+	r := startRelay(t, saddr, 0)
+	tr := &quic.Transport{Conn: udp(t)}
+	t.Cleanup(func() { tr.Close() })
+	conn := dial(t, tr, r.pc.LocalAddr().(*net.UDPAddr), false)
+	transfer(t, conn, 64<<10)
+	up := r.upSocket()
+	for _, f := range spoofedFrames() {
+		if _, err := up.WriteToUDP(f, saddr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the server to decode the spoofed frames", func() bool {
+		s := srv.Stats()
+		return s.Peers == 1 && s.Received >= 4
+	})
+	transferWithin(t, conn, 1<<20, 10*time.Second)
+	if n := r.fecOut.Load(); n != 0 {
+		t.Fatalf("the server sent %d FEC frames to a plain QUIC client after spoofed frames", n)
+	}
+	if s := srv.Stats(); s.DataFrames != 0 || s.Reports != 0 || s.Sending != 0 {
+		t.Fatalf("server stats %+v", s)
+	}
+}
+
+// TestConnRebindFollowsConnection: a FEC client whose address changes
+// mid-connection (a NAT rebinding: the relay sends from a new socket)
+// keeps FEC both ways over a lossy relay: the server decodes its frames
+// from the new address at once, frames toward it once quic-go has moved
+// the connection there (and stops framing toward the old one), and
+// losses are still rebuilt after the move.
+func TestConnRebindFollowsConnection(t *testing.T) {
+	srv, saddr := startServer(t)
+	r := startRelay(t, saddr, lossForTest)
+	cc := NewConn(udp(t), Config{})
+	raddr := r.pc.LocalAddr().(*net.UDPAddr)
+	cc.Enable(raddr, Policy{K: 16, M: 4})
+	tr := &quic.Transport{Conn: cc}
+	t.Cleanup(func() { tr.Close() })
+	conn := dial(t, tr, raddr, true)
+	transfer(t, conn, 1<<20)
+	if s := srv.Stats(); s.Sending != 1 {
+		t.Fatalf("before the move: server %+v", s)
+	}
+	fecNew := r.rebind(t)
+	ss0, cs0 := srv.Stats(), cc.Stats()
+	transfer(t, conn, 4<<20)
+	ss, cs := srv.Stats(), cc.Stats()
+	t.Logf("after the move: %d FEC frames to the new address; server %+v; client %+v", fecNew.Load(), ss, cs)
+	if fecNew.Load() == 0 {
+		t.Fatal("the server never framed toward the client's new address")
+	}
+	if ss.Recovered == ss0.Recovered {
+		t.Fatalf("the server rebuilt nothing after the move (%d lost)", ss.Lost-ss0.Lost)
+	}
+	if lost := cs.Lost - cs0.Lost; lost > 0 && cs.Recovered == cs0.Recovered {
+		t.Fatalf("the client rebuilt none of %d lost after the move", lost)
+	}
+	if ss.Peers != 2 || ss.Sending != 1 {
+		t.Fatalf("server peers %d, sending %d: want state for both addresses, frames to the new one only", ss.Peers, ss.Sending)
 	}
 }
 
@@ -254,7 +421,7 @@ func TestConnAutoCleanLink(t *testing.T) {
 	cc.Enable(saddr, Policy{K: AutoK, Auto: true})
 	tr := &quic.Transport{Conn: cc}
 	t.Cleanup(func() { tr.Close() })
-	conn := dial(t, tr, saddr)
+	conn := dial(t, tr, saddr, true)
 	transfer(t, conn, 1<<20)
 	if s := cc.Stats(); s.ParityFrames == 0 {
 		t.Fatalf("no parity at the start: %+v", s)
@@ -286,7 +453,7 @@ func TestConnAutoLossyLink(t *testing.T) {
 	cc.Enable(raddr, Policy{K: AutoK, Auto: true})
 	tr := &quic.Transport{Conn: cc}
 	t.Cleanup(func() { tr.Close() })
-	conn := dial(t, tr, raddr)
+	conn := dial(t, tr, raddr, true)
 	transfer(t, conn, 4<<20)
 	cs, ss := cc.Stats(), srv.Stats()
 	t.Logf("client %+v; server %+v", cs, ss)

@@ -20,5 +20,8 @@ func NewConn(pc PacketConn, cfg Config) *Conn { return &Conn{PacketConn: pc} }
 // Enable does nothing off Linux.
 func (c *Conn) Enable(addr *net.UDPAddr, p Policy) {}
 
+// Bind does nothing off Linux.
+func (c *Conn) Bind(r Remote) {}
+
 // Stats returns zero counters.
 func (c *Conn) Stats() Stats { return Stats{} }
