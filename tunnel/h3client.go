@@ -149,7 +149,11 @@ func (c *h3Control) handle(str *quic.ReceiveStream) {
 // frames until the connection ends.
 func (c *h3Control) readControl(str *quic.ReceiveStream) {
 	r := quicvarint.NewReader(str)
-	criticalErr := func(error) { c.fail(http3.ErrCodeClosedCriticalStream, "control stream ended") }
+	criticalErr := func(error) {
+		if c.conn.Context().Err() == nil { // not just the connection ending
+			c.fail(http3.ErrCodeClosedCriticalStream, "control stream ended")
+		}
+	}
 	typ, n, err := readH3FrameHeader(r)
 	if err != nil {
 		criticalErr(err)
