@@ -81,6 +81,8 @@ type h3Control struct {
 
 	settingsDone chan struct{} // closed once settings is set
 	settings     h3Settings
+	acceptDone   chan struct{} // closed when the accept loop ends, after acceptErr is set
+	acceptErr    error
 
 	control, qpackEnc, qpackDec atomic.Bool // seen one already
 
@@ -90,12 +92,17 @@ type h3Control struct {
 
 // startH3Control starts reading conn's unidirectional streams.
 func startH3Control(conn *quic.Conn, log *slog.Logger) *h3Control {
-	c := &h3Control{conn: conn, log: log, settingsDone: make(chan struct{}), goaway: -1}
+	c := &h3Control{conn: conn, log: log, settingsDone: make(chan struct{}), acceptDone: make(chan struct{}), goaway: -1}
 	go func() {
+		defer close(c.acceptDone)
 		for {
 			str, err := conn.AcceptUniStream(context.Background())
 			if err != nil {
-				return // the connection is gone
+				// The connection is gone, or the server refused the
+				// 0-RTT data (quic.Err0RTTRejected: the connection
+				// lives on, but its streams so far are void).
+				c.acceptErr = err
+				return
 			}
 			go c.handle(str)
 		}
@@ -240,6 +247,13 @@ func (c *h3Control) waitSettings(ctx context.Context) (h3Settings, error) {
 	select {
 	case <-c.settingsDone:
 		return c.settings, nil
+	case <-c.acceptDone:
+		select {
+		case <-c.settingsDone: // came before the connection ended
+			return c.settings, nil
+		default:
+		}
+		return h3Settings{}, fmt.Errorf("waiting for the server's HTTP/3 SETTINGS: %w", c.acceptErr)
 	case <-c.conn.Context().Done():
 		return h3Settings{}, fmt.Errorf("waiting for the server's HTTP/3 SETTINGS: %w", context.Cause(c.conn.Context()))
 	case <-ctx.Done():

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -519,4 +520,29 @@ func TestH3ControlEndsWithLink(t *testing.T) {
 	}
 	l.close("test")
 	waitForCond(t, "the h3Control goroutines to end", 5*time.Second, func() bool { return count() == 0 })
+}
+
+// TestReconnect0RTTRejected: a server with new keys refuses the 0-RTT
+// data; the client notices it at once (the server's streams of the 0-RTT
+// connection are void, so its SETTINGS never come on them) and dials
+// again, instead of waiting out the attempt.
+func TestReconnect0RTTRejected(t *testing.T) {
+	secret := make([]byte, 32)
+	ts := startTestServerWith(t, testServerOpts{secret: secret})
+	cert := ts.srv.cfg.TLS.Certificates[0]
+	var logs syncBuffer
+	tc, err := startTestClient(t, ts, func(c *ClientConfig) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.stop()
+	secret = bytes.Repeat([]byte{1}, 32)
+	startTestServerWith(t, testServerOpts{addr: ts.addr, cert: cert, secret: secret})
+	waitForCond(t, "the client to reconnect", 20*time.Second, func() bool { return tc.client.reconnects.Load() == 1 })
+	out := logs.String()
+	if !strings.Contains(out, "the server refused 0-RTT; dialing again") || !strings.Contains(out, "attempts=1 ") {
+		t.Fatalf("want a reconnect in one attempt after the 0-RTT refusal; logs:\n%s", out)
+	}
 }
