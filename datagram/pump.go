@@ -55,10 +55,13 @@ type Pump struct {
 	// Recv, if set, is where datagrams are received from instead of Conn,
 	// and what it returns carries no quarter stream ID (only the context
 	// ID): an HTTP/3 request stream's ReceiveDatagram. quic-go's http3
-	// layer takes every datagram of a connection whose peer enabled HTTP
-	// datagrams and sorts them by stream, so the receive side must go
-	// through the stream, while sending can still go straight to the QUIC
-	// connection with the whole prefix written in place (no copy).
+	// layer takes every datagram of a connection once it has seen a peer's
+	// SETTINGS enabling HTTP datagrams and sorts them by stream, so then
+	// the receive side must go through the stream, while sending can still
+	// go straight to the QUIC connection with the whole prefix written in
+	// place (no copy). Roam's client keeps the SETTINGS from http3 and
+	// leaves Recv unset (tunnel/h3client.go): the per-stream queue drops
+	// datagrams under load.
 	Recv DatagramReceiver
 	// Allow judges every packet read from Dev that decoded correctly,
 	// before it is sent; anything but NoDrop drops it and counts the

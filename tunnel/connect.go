@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -27,7 +26,7 @@ import (
 type link struct {
 	conn   *quic.Conn
 	cc     *http3.ClientConn // opens flow streams
-	str    *http3.RequestStream
+	str    *ipStream         // the CONNECT-IP request stream
 	rd     *capsule.Reader
 	dl     *datagram.Link
 	assign *capsule.AddressAssign
@@ -215,8 +214,9 @@ func (c *Client) connectOnce(ctx context.Context, want []netip.Prefix) (_ *link,
 		return nil, err
 	}
 	l.dl = &datagram.Link{
-		Conn:            l.conn, // sends: the prefix is written in place, no copy
-		Recv:            l.str,  // receives: http3 has sorted the datagrams by stream
+		Conn: l.conn, // sends: the prefix is written in place, no copy
+		// Recv unset: the pump reads the connection's datagrams itself
+		// and checks the quarter stream ID (h3client.go says why).
 		QuarterStreamID: uint64(l.str.StreamID()) / 4,
 	}
 	return l, nil
@@ -247,37 +247,40 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 		early = false
 	default:
 	}
-	cc := (&http3.Transport{EnableDatagrams: true}).NewClientConn(l.conn)
-	str, err := cc.OpenRequestStream(ctx)
+	// http3 sends the client's SETTINGS (with H3_DATAGRAM) and carries
+	// the flow streams; the server's streams, and with them its SETTINGS,
+	// are the client's own (h3client.go), so that http3 does not take the
+	// connection's datagrams.
+	cc := (&http3.Transport{EnableDatagrams: true}).NewRawClientConn(l.conn)
+	ctrl := startH3Control(l.conn, c.log)
+	qs, err := l.conn.OpenStreamSync(ctx)
 	if err != nil {
 		return fmt.Errorf("opening the request stream: %w", err)
 	}
+	str := newIPStream(l.conn, qs)
+	l.str = str // from here on, link.close cancels it
+	l.cc = cc.ClientConn
+	// An Extended CONNECT waits for the server's SETTINGS (RFC 8441 §3):
+	// the request leaves one round trip in, with 0-RTT as the handshake
+	// completes.
+	settings, err := ctrl.waitSettings(ctx)
+	if err != nil {
+		return err
+	}
+	if !settings.datagram {
+		return permanent(ErrNoDatagrams)
+	} else if !settings.extendedConnect {
+		return permanent(errors.New("server does not support Extended CONNECT (RFC 9220)"))
+	}
 	authority := c.cfg.Server
-	req := &http.Request{
-		Method: http.MethodConnect,
-		Proto:  "connect-ip",
-		Host:   authority,
-		URL:    &url.URL{Scheme: "https", Host: authority, Path: WellKnownPath + "*/*/"},
-		Header: http.Header{
-			"Authorization":    {"Bearer " + c.cfg.Token},
-			"Capsule-Protocol": {"?1"},
-		},
+	header := http.Header{
+		"Authorization":    {"Bearer " + c.cfg.Token},
+		"Capsule-Protocol": {"?1"},
 	}
 	if !c.cfg.FEC.Off() && fec.Supported {
-		req.Header.Set(FECHeader, c.cfg.FEC.String())
+		header.Set(FECHeader, c.cfg.FEC.String())
 	}
-	// quic-go v0.65+ holds an Extended CONNECT until the server's
-	// SETTINGS have arrived (RFC 8441 §3) and waits for them with the
-	// stream's context only: cancelling the stream ends the wait when ctx
-	// ends (the attempt's deadline, the client stopping), not the
-	// handshake timeout.
-	stopSend := context.AfterFunc(ctx, func() { str.CancelWrite(errCodeRequestCancelled) })
-	err = str.SendRequestHeader(req)
-	stopSend()
-	if err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("sending the CONNECT-IP request: %w", context.Cause(ctx))
-		}
+	if err := str.sendRequest("connect-ip", authority, WellKnownPath+"*/*/", header); err != nil {
 		return fmt.Errorf("sending the CONNECT-IP request: %w", err)
 	}
 	ar := addressRequest(want)
@@ -288,8 +291,6 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 	if err != nil {
 		return fmt.Errorf("sending ADDRESS_REQUEST: %w", err)
 	}
-	l.str = str // from here on, link.close cancels it
-	l.cc = cc
 
 	if early {
 		select {
@@ -306,20 +307,8 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 			return quic.Err0RTTRejected
 		}
 	}
-	select {
-	case <-cc.ReceivedSettings():
-	case <-l.conn.Context().Done():
-		return fmt.Errorf("waiting for the server's HTTP/3 SETTINGS: %w", context.Cause(l.conn.Context()))
-	case <-ctx.Done():
-		return fmt.Errorf("waiting for the server's HTTP/3 SETTINGS: %w", context.Cause(ctx))
-	}
-	if s := cc.Settings(); !s.EnableDatagrams {
-		return permanent(ErrNoDatagrams)
-	} else if !s.EnableExtendedConnect {
-		return permanent(errors.New("server does not support Extended CONNECT (RFC 9220)"))
-	}
 	stop := context.AfterFunc(ctx, func() { str.CancelRead(errCodeRequestCancelled) })
-	resp, err := str.ReadResponse()
+	resp, err := str.readResponse()
 	stop()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -403,7 +392,7 @@ func (l *link) fecStats() (s fec.Stats, on bool) {
 // are skipped. Capsules that arrived together with the last of those
 // (Roam's server sends its DNS_ASSIGN in the same write) are taken too;
 // dns is the last DNS_ASSIGN among them, nil if none.
-func awaitConfig(ctx context.Context, str *http3.RequestStream, rd *capsule.Reader, want []netip.Prefix) (assign *capsule.AddressAssign, routes *capsule.RouteAdvertisement, dns *capsule.DNSAssign, err error) {
+func awaitConfig(ctx context.Context, str *ipStream, rd *capsule.Reader, want []netip.Prefix) (assign *capsule.AddressAssign, routes *capsule.RouteAdvertisement, dns *capsule.DNSAssign, err error) {
 	stop := context.AfterFunc(ctx, func() { str.CancelRead(errCodeRequestCancelled) })
 	defer stop()
 	// extra bounds the capsules taken after the configuration is complete,

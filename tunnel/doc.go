@@ -29,7 +29,12 @@
 // quic-go's http3 package copies and allocates for every HTTP datagram it
 // sends, so Roam sends its datagrams straight on the QUIC connection,
 // writing the quarter-stream-ID and context-ID prefix in place in front of
-// each packet (see package datagram). Received datagrams go through http3,
-// which sorts them into per-stream queues whenever the peer enabled HTTP
-// datagrams. The bytes on the wire are exactly RFC 9297's.
+// each packet (see package datagram). On the server, received datagrams go
+// through http3, which sorts them into per-stream queues whenever the peer
+// enabled HTTP datagrams (WebTransport needs that). The client reads the
+// connection's datagrams itself and checks the quarter stream ID: http3's
+// sorting drops a fifth of them under load, so the client keeps the
+// server's SETTINGS from http3 and sends its CONNECT-IP request on a
+// request stream of its own (h3client.go). The bytes on the wire are
+// exactly RFC 9297's.
 package tunnel
