@@ -79,6 +79,11 @@
 // counters move. Inbound connections from the tunnel are not touched:
 // the host's answers to them are not a connection's first packet.
 //
+// It costs less than rewrite mode: BenchmarkKernelTUN (whole local path,
+// the application's and the upstream's sockets included; a loaded 2-core
+// machine) 0.16-0.17 CPU-seconds per Gbit/s in redirect mode against
+// 0.21-0.25 in rewrite mode, whose 780 rewritten packets per MiB are gone.
+//
 // # Rewrite mode
 //
 //	app A:sp ──► TUN ──Read: rewrite──► TUN ──► listener A:L ──accept──► Config.Connect ─► flow.Stream
