@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -240,11 +241,14 @@ func TestKernelTUNConnectLimits(t *testing.T) {
 	forModes(t, func(t *testing.T, mode Mode) {
 		echo := listenLoopback(t, func(c *net.TCPConn) { io.Copy(c, c) })
 		release := make(chan struct{})
+		var releaseOnce sync.Once
+		releaseAll := func() { releaseOnce.Do(func() { close(release) }) }
+		t.Cleanup(releaseAll) // registered first, so it runs after the harness's: Close cancels ctx
 		var calls atomic.Int64
 		h := newKernelHarness(t, Config{
 			Mode:           mode,
 			MaxPending:     1,
-			ConnectTimeout: 500 * time.Millisecond,
+			ConnectTimeout: time.Second,
 			Connect: func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
 				calls.Add(1)
 				switch dst.Port() {
@@ -252,7 +256,11 @@ func TestKernelTUNConnectLimits(t *testing.T) {
 					<-ctx.Done()
 					return nil, ctx.Err()
 				case 2: // waits to be released
-					<-release
+					select {
+					case <-release:
+					case <-ctx.Done():
+						return nil, ctx.Err()
+					}
 				}
 				return echoConnect(echo, nil)(ctx, src, dst)
 			},
@@ -287,7 +295,7 @@ func TestKernelTUNConnectLimits(t *testing.T) {
 		if n := calls.Load(); n != 1 {
 			t.Fatalf("%d Connects while the first is pending; want 1", n)
 		}
-		close(release)
+		releaseAll()
 		pingEcho(t, first)
 		pingEcho(t, second)
 		if n := calls.Load(); n != 2 {
