@@ -13,7 +13,9 @@
 # namespace (/proc/net/snmp RcvbufErrors), with the lost fraction in
 # drop1pct/droprevpct. roam is packet mode,
 # roam-flow is `roam client --mode flow` (gVisor), roam-flow-sys is `roam client --mode flow
-# --stack system` (the kernel's TCP; not in the default ONLY). Needs root and the shared bench kit
+# --stack system` (the kernel's TCP, in redirect mode where nftables allows; not in the default
+# ONLY), roam-flow-sysrw the same with --stack system-rewrite (the TUN-rewrite fallback; not in
+# the default ONLY either). For those two, the mode the client's system stack runs in is printed. Needs root and the shared bench kit
 # (topo.sh, run-anchor.sh, nbsvc.go) from ../shared/bench, or BENCH_DIR.
 #
 #   cmd/bench/bench.sh                 # 3 rounds x 8 s
@@ -100,7 +102,7 @@ measured_iperf() {
     printf "%s %.0f %.0f %.2f\n", m, d*100/c/t, lost*10/t, (s > 0 ? lost*100/s : 0) }'
 }
 
-roam_round() { # packet|flow [gvisor|system]
+roam_round() { # packet|flow [gvisor|system|system-rewrite]
   local cmode=$1 cstack=${2:-gvisor}
   "$TOPO" down >/dev/null 2>&1 || true
   "$TOPO" up >/dev/null 2>&1
@@ -127,6 +129,9 @@ roam_round() { # packet|flow [gvisor|system]
   echo $! >"$RUN/roam-client.pid"
   for _ in $(seq 150); do grep -qs "tunnel up" "$RUN/roam-client.log" && break; sleep 0.1; done
   grep -qs "tunnel up" "$RUN/roam-client.log" || { echo "[bench] roam did not come up" >&2; cat "$RUN"/roam-*.log >&2; exit 1; }
+  if [[ $cstack == system* ]]; then
+    echo "[bench] --stack $cstack: $(grep -o 'msg="system stack started".* mode=[a-z]*' "$RUN/roam-client.log" | grep -o 'mode=[a-z]*' || echo 'no system stack (gvisor fallback)')" >&2
+  fi
   local pids=($(cat "$RUN/roam-server.pid") $(cat "$RUN/roam-client.pid") $relay_pid)
   local tcp1 cpu drop1 drop1pct rev cpurev droprev droprevpct
   read -r tcp1 cpu drop1 drop1pct < <(measured_iperf "${pids[@]}" --)
@@ -159,8 +164,9 @@ for r in $(seq 1 "$ROUNDS"); do
       roam) line=$(roam_round packet) ;;
       roam-flow) line=$(roam_round flow) ;;
       roam-flow-sys) line=$(roam_round flow system) ;;
+      roam-flow-sysrw) line=$(roam_round flow system-rewrite) ;;
       wg) line=$(wg_round) ;;
-      *) echo "bench.sh: unknown system $who in ONLY (roam, roam-flow, roam-flow-sys, wg)" >&2; exit 2 ;;
+      *) echo "bench.sh: unknown system $who in ONLY (roam, roam-flow, roam-flow-sys, roam-flow-sysrw, wg)" >&2; exit 2 ;;
     esac
     line="$who ${line#* }"
     echo "[bench] round $r: $line" >&2

@@ -61,7 +61,7 @@ func newClientFlags() (*clientFlags, *flag.FlagSet) {
 	fs.UintVar(&f.mark, "mark", uint(tun.DefaultMark), "socket `MARK` that keeps the tunnel's own UDP socket out of the tunnel")
 	fs.IntVar(&f.table, "table", tun.DefaultTable, "routing `TABLE` for the tunnel routes")
 	fs.StringVar(&f.mode, "mode", "packet", "`MODE`: packet (every IP packet as a datagram) or flow (each TCP connection as its own QUIC stream, the rest as datagrams)")
-	fs.StringVar(&f.stack, "stack", "gvisor", "flow mode's TCP `STACK`: gvisor (userspace) or system (the kernel's TCP behind a NAT; falls back to gvisor if it cannot start)")
+	fs.StringVar(&f.stack, "stack", "gvisor", "flow mode's TCP `STACK`: gvisor (userspace) or system (the kernel's TCP: an nftables redirect to a local listener, or else packets rewritten on the TUN; system-redirect or system-rewrite force one; falls back to gvisor if it cannot start)")
 	fs.StringVar(&f.fec, "fec", "off", "forward error correction `MODE` under QUIC, for lossy links (the server must allow it): auto (parity follows the measured loss, none on a clean link), off, or K:M (M parity packets per K packets, e.g. 16:4)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "`LEVEL`: debug, info, warn or error")
 	fs.StringVar(&f.debug, "debug", "", "serve pprof and counters on this loopback `HOST:PORT` (off by default)")
@@ -133,8 +133,8 @@ func (f *clientFlags) check() []*flagError {
 	if f.mode != "packet" && f.mode != "flow" {
 		errs = append(errs, badValue("mode", f.mode, "expected packet or flow"))
 	}
-	if f.stack != "gvisor" && f.stack != "system" {
-		errs = append(errs, badValue("stack", f.stack, "expected gvisor or system"))
+	if _, ok := systemStackModes[f.stack]; !ok && f.stack != "gvisor" {
+		errs = append(errs, badValue("stack", f.stack, "expected gvisor, system, system-redirect or system-rewrite"))
 	}
 	if _, err := fec.ParsePolicy(f.fec); err != nil {
 		errs = append(errs, badValue("fec", f.fec, "expected auto, off or K:M with K 1..%d and M 1..%d, like 16:4", fec.MaxK, fec.MaxM))

@@ -14,13 +14,14 @@ import (
 	"github.com/roamvpn/roam/tunnel/flow"
 )
 
-// TestFlowStackFallback: --stack system on a device that is not the
-// host's TUN falls back to gVisor with a warning; --stack gvisor is gVisor.
+// TestFlowStackFallback: --stack system (and system-redirect,
+// system-rewrite) on a device that is not the host's TUN falls back to
+// gVisor with a warning; --stack gvisor is gVisor.
 func TestFlowStackFallback(t *testing.T) {
 	open := func(context.Context, netip.AddrPort, netip.AddrPort) (flow.Stream, error) {
 		return nil, errors.New("unused")
 	}
-	for _, stack := range []string{"system", "gvisor"} {
+	for _, stack := range []string{"system", "system-redirect", "system-rewrite", "gvisor"} {
 		t.Run(stack, func(t *testing.T) {
 			var logs bytes.Buffer
 			log := slog.New(slog.NewTextHandler(&logs, nil))
@@ -32,7 +33,7 @@ func TestFlowStackFallback(t *testing.T) {
 			if _, ok := dev.(*flowstack.Stack); !ok {
 				t.Fatalf("got %T, want *flowstack.Stack", dev)
 			}
-			if warned := strings.Contains(logs.String(), "system stack unavailable"); warned != (stack == "system") {
+			if warned := strings.Contains(logs.String(), "system stack unavailable"); warned != (stack != "gvisor") {
 				t.Fatalf("logs:\n%s", logs.String())
 			}
 		})

@@ -23,6 +23,36 @@ const (
 	MaxMaxFlows = 32768
 )
 
+// Mode is how the applications' connections reach the Stack's listener
+// (see the package doc).
+type Mode int
+
+const (
+	// ModeAuto is redirect mode if its nftables table can be created,
+	// else rewrite mode.
+	ModeAuto Mode = iota
+	// ModeRedirect: an nftables rule redirects the applications' SYNs to a
+	// loopback listener before they reach the TUN; conntrack does the NAT.
+	ModeRedirect
+	// ModeRewrite: Read rewrites the applications' packets from the TUN
+	// toward a listener bound to the TUN and writes them back (the Stack's
+	// own NAT table).
+	ModeRewrite
+)
+
+// String returns "auto", "redirect" or "rewrite".
+func (m Mode) String() string {
+	switch m {
+	case ModeAuto:
+		return "auto"
+	case ModeRedirect:
+		return "redirect"
+	case ModeRewrite:
+		return "rewrite"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
 // Config configures a Stack. The zero value of each optional field selects
 // the documented default.
 type Config struct {
@@ -33,11 +63,16 @@ type Config struct {
 	// flowstack.New), so that the caller can fall back to another stack.
 	Dev datagram.Device
 
-	// IfName is Dev's interface name. The listener is bound to it
-	// (SO_BINDTODEVICE), so it accepts only connections that arrive on
-	// the TUN and its packets leave only through it, whatever the routing
-	// tables say. Required.
+	// IfName is Dev's interface name. In redirect mode the nftables rule
+	// matches TCP routed out of it; in rewrite mode the listener is bound
+	// to it (SO_BINDTODEVICE), so it accepts only connections that arrive
+	// on the TUN and its packets leave only through it, whatever the
+	// routing tables say. Required.
 	IfName string
+
+	// Mode selects redirect or rewrite mode; the zero value, ModeAuto,
+	// tries redirect mode first and logs which one runs.
+	Mode Mode
 
 	// Connect opens the upstream flow for a TCP connection from src (the
 	// application) to dst (the address it connected to). Unlike
@@ -58,10 +93,12 @@ type Config struct {
 	// applications retransmit. If zero, DefaultMaxPending (256).
 	MaxPending int
 
-	// MaxFlows bounds the NAT table: connections connecting, established
-	// or closing (see the package doc, "NAT table"). While it is full,
-	// new SYNs are dropped and counted, and the applications retransmit
-	// them. At most MaxMaxFlows. If zero, DefaultMaxFlows (16384).
+	// MaxFlows bounds rewrite mode's NAT table: connections connecting,
+	// established or closing (see the package doc, "NAT table"). While it
+	// is full, new SYNs are dropped and counted, and the applications
+	// retransmit them. At most MaxMaxFlows. If zero, DefaultMaxFlows
+	// (16384). Redirect mode has no table of its own (conntrack's is the
+	// limit).
 	MaxFlows int
 
 	// Logger receives start/stop and per-flow debug messages, never one
@@ -76,6 +113,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, errors.New("systack: Config.Dev is nil: want the TUN device")
 	case c.IfName == "":
 		return c, errors.New("systack: Config.IfName is empty: want the TUN's interface name")
+	case c.Mode < ModeAuto || c.Mode > ModeRewrite:
+		return c, fmt.Errorf("systack: Config.Mode %d is not ModeAuto, ModeRedirect or ModeRewrite", int(c.Mode))
 	case c.Connect == nil:
 		return c, errors.New("systack: Config.Connect is nil: want the func that opens upstream flows")
 	case c.MaxPending < 0:
@@ -98,7 +137,10 @@ func (c Config) withDefaults() (Config, error) {
 }
 
 // Stats are counters since New (FlowsActive, FlowsPending and NATActive
-// are gauges).
+// are gauges). The Packets*, Drop*, WriteErrors, NAT* and SYNUnanswered
+// counters are rewrite mode's; in redirect mode
+// they stay zero, since no packet of the applications' connections
+// crosses the TUN.
 type Stats struct {
 	FlowsOpened  uint64 // Connect succeeded; the flow is spliced
 	FlowsActive  int64  // flows being spliced
@@ -110,7 +152,10 @@ type Stats struct {
 	FlowsUnreachable uint64
 	FlowsFailed      uint64 // Connect failed otherwise (Timeout, Other, ...): RST
 	FlowErrors       uint64 // spliced flows that ended with a reset or error rather than two FINs
-	AcceptUnknown    uint64 // accepted connections without a NAT entry (not from a rewritten SYN): RST
+	// AcceptUnknown: accepted connections that were not the Stack's (no
+	// NAT entry in rewrite mode, no original destination in redirect
+	// mode: a local process that dialed the listener itself): RST.
+	AcceptUnknown uint64
 
 	BytesUp   uint64 // application -> upstream stream
 	BytesDown uint64 // upstream stream -> application

@@ -25,6 +25,7 @@ func TestNewErrors(t *testing.T) {
 		{"MaxFlows too large", func(c *Config) { c.MaxFlows = MaxMaxFlows + 1 }, "Config.MaxFlows"},
 		{"negative MaxPending", func(c *Config) { c.MaxPending = -1 }, "Config.MaxPending"},
 		{"negative timeout", func(c *Config) { c.ConnectTimeout = -1 }, "Config.ConnectTimeout"},
+		{"bad mode", func(c *Config) { c.Mode = ModeRewrite + 1 }, "Config.Mode"},
 		{"no such interface", func(c *Config) { c.IfName = "roamnosuch0" }, `interface "roamnosuch0"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/roamvpn/roam/datagram"
 	"github.com/roamvpn/roam/tun"
@@ -87,32 +88,63 @@ func inNetns(tb testing.TB, ns netns.NsHandle, fn func()) {
 	fn()
 }
 
+// kernelModes are the modes the kernel tests run in.
+var kernelModes = []Mode{ModeRedirect, ModeRewrite}
+
+// forModes runs f as a subtest for each of kernelModes.
+func forModes(t *testing.T, f func(t *testing.T, mode Mode)) {
+	for _, m := range kernelModes {
+		t.Run(m.String(), func(t *testing.T) { f(t, m) })
+	}
+}
+
 // kernelHarness is a Stack on TUN roamsys0 in namespace
-// "roamsys-<pid>-<n>" (10.9.0.2/24, fd09::2/64; routes to 192.0.2.0/24 and
-// 2001:db8::/64 into the TUN), with a reader goroutine that sends the
-// packets Stack.Read returns to passed.
+// "roamsys-<pid>-<n>" (loopback up; 10.9.0.2/24, fd09::2/64; routes to
+// 192.0.2.0/24 and 2001:db8::/64 into the TUN), with a reader goroutine
+// that sends the packets Stack.Read returns to passed and counts the TCP
+// ones in passedTCP.
 type kernelHarness struct {
-	ns     netns.NsHandle
-	stack  *Stack
-	wg     sync.WaitGroup
-	passed chan []byte
+	ns        netns.NsHandle
+	ifName    string
+	stack     *Stack
+	wg        sync.WaitGroup
+	passed    chan []byte
+	passedTCP atomic.Int64
+}
+
+// harnessOpts are newKernelHarnessOpts's options.
+type harnessOpts struct {
+	// policy: the namespace routes everything into the TUN the way the
+	// client does (tun.InstallRouting: full tunnel, policy rules,
+	// reply-mark table) and uses strict reverse-path filtering, instead
+	// of the two plain routes.
+	policy bool
+	// beforeNew, if set, runs on a thread in the namespace, after the
+	// TUN is configured and before New.
+	beforeNew func(ifName string)
+	// newFails: New is expected to fail; the harness has no Stack then.
+	newFails func(err error)
 }
 
 func newKernelHarness(tb testing.TB, cfg Config) *kernelHarness {
 	tb.Helper()
-	return newKernelHarnessRouting(tb, cfg, false)
+	return newKernelHarnessOpts(tb, cfg, harnessOpts{})
 }
 
-// newKernelHarnessRouting is newKernelHarness; with policy set, the
-// namespace routes everything into the TUN the way the client does
-// (tun.InstallRouting: full tunnel, policy rules, reply-mark table) and
-// uses strict reverse-path filtering, instead of the two plain routes.
+// newKernelHarnessRouting is newKernelHarness with harnessOpts.policy.
 func newKernelHarnessRouting(tb testing.TB, cfg Config, policy bool) *kernelHarness {
 	tb.Helper()
+	return newKernelHarnessOpts(tb, cfg, harnessOpts{policy: policy})
+}
+
+// newKernelHarnessOpts is newKernelHarness with options. A Stack in a
+// mode other than cfg.Mode (unless ModeAuto) fails the test.
+func newKernelHarnessOpts(tb testing.TB, cfg Config, opts harnessOpts) *kernelHarness {
+	tb.Helper()
 	needRoot(tb)
+	policy := opts.policy
 	name := fmt.Sprintf("roamsys-%d-%d", os.Getpid(), netnsCounter.Add(1))
 	h := &kernelHarness{passed: make(chan []byte, 1024)}
-	var err error
 	func() {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
@@ -136,6 +168,11 @@ func newKernelHarnessRouting(tb testing.TB, cfg Config, policy bool) *kernelHarn
 				tb.Errorf("delete netns %s: %v", name, err)
 			}
 		})
+		if lo, err := netlink.LinkByName("lo"); err != nil {
+			tb.Fatal(err)
+		} else if err := netlink.LinkSetUp(lo); err != nil {
+			tb.Fatalf("loopback up: %v", err)
+		}
 		dev, real, err := tun.Create(tunName, testMTU)
 		if err != nil {
 			tb.Fatalf("create TUN: %v", err)
@@ -173,15 +210,45 @@ func newKernelHarnessRouting(tb testing.TB, cfg Config, policy bool) *kernelHarn
 			}
 			tb.Cleanup(func() { rt.Close() }) // before the namespace goes (cleanups run last first)
 		}
+		// The kernel makes the IPv6 address usable (its local route)
+		// from a work queue: until then connections to it are routed
+		// into the TUN like any other in its prefix.
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			rs, err := netlink.RouteGet(local6.AsSlice())
+			if err == nil && len(rs) > 0 && rs[0].Type == unix.RTN_LOCAL {
+				break
+			}
+			if time.Now().After(deadline) {
+				dev.Close()
+				tb.Fatalf("%v never became a local address: %v %v", local6, rs, err)
+			}
+		}
+		h.ifName = real
+		if opts.beforeNew != nil {
+			opts.beforeNew(real)
+		}
 		cfg.Dev, cfg.IfName = dev, real
 		h.stack, err = New(cfg) // the listener goes into the namespace
+		if opts.newFails != nil {
+			if err == nil {
+				h.stack.Close()
+				tb.Fatalf("New succeeded in mode %v", h.stack.Mode())
+			}
+			dev.Close()
+			opts.newFails(err)
+			return
+		}
 		if err != nil {
 			dev.Close()
 			tb.Fatalf("New: %v", err)
 		}
+		if cfg.Mode != ModeAuto && h.stack.Mode() != cfg.Mode {
+			h.stack.Close()
+			tb.Fatalf("Stack runs in mode %v; want %v", h.stack.Mode(), cfg.Mode)
+		}
 	}()
-	if err != nil {
-		return nil
+	if h.stack == nil {
+		return h
 	}
 	h.wg.Add(1)
 	go func() {
@@ -194,6 +261,11 @@ func newKernelHarnessRouting(tb testing.TB, cfg Config, policy bool) *kernelHarn
 		for {
 			n, err := h.stack.Read(bufs, sizes, datagram.Headroom)
 			for i := range n {
+				var p datagram.Packet
+				var tp tcpPacket
+				if parseTCP(bufs[i][datagram.Headroom:datagram.Headroom+sizes[i]], &p, &tp) == isTCP {
+					h.passedTCP.Add(1)
+				}
 				select {
 				case h.passed <- append([]byte(nil), bufs[i][datagram.Headroom:datagram.Headroom+sizes[i]]...):
 				default:
@@ -261,11 +333,15 @@ func pattern(conn int, dir byte) io.Reader {
 	return rand.NewChaCha8(seed)
 }
 
-// TestKernelTUN: through the Stack, a connection of the namespace's
-// kernel carries 8 MiB both ways byte-exact (an echo, over IPv4 and
-// IPv6), half-closes work in both orders, and a Connect that fails resets
-// the application's connection.
-func TestKernelTUN(t *testing.T) {
+// TestKernelTUN: in both modes, through the Stack, a connection of the
+// namespace's kernel carries 8 MiB both ways byte-exact (an echo, over
+// IPv4 and IPv6), half-closes work in both orders, a Connect that fails
+// resets the application's connection, and Read passes none of the
+// connections' packets to the caller. In redirect mode no packet of them
+// crosses the TUN.
+func TestKernelTUN(t *testing.T) { forModes(t, testKernelTUN) }
+
+func testKernelTUN(t *testing.T, mode Mode) {
 	type key struct{ src, dst netip.AddrPort }
 	var mu sync.Mutex
 	seen := map[key]bool{}
@@ -282,7 +358,7 @@ func TestKernelTUN(t *testing.T) {
 		}
 		halfDone <- string(b)
 	})
-	h := newKernelHarness(t, Config{Connect: func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
+	h := newKernelHarness(t, Config{Mode: mode, Connect: func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
 		mu.Lock()
 		seen[key{src, dst}] = true
 		mu.Unlock()
@@ -381,9 +457,24 @@ func TestKernelTUN(t *testing.T) {
 	}
 	st := h.stack.Stats()
 	t.Logf("stats: %+v", st)
-	if st.FlowsOpened != 4 || st.FlowsRefused != 2 || st.FlowsUnreachable != 2 || st.AcceptUnknown != 0 ||
-		st.PacketsToListener == 0 || st.PacketsToApp == 0 || st.DropNoEntry != 0 || st.WriteErrors != 0 {
-		t.Errorf("stats %+v; want 4 opened, 2 refused, 2 unreachable, packets both ways, no drops", st)
+	if st.FlowsOpened != 4 || st.FlowsRefused != 2 || st.FlowsUnreachable != 2 || st.AcceptUnknown != 0 {
+		t.Errorf("stats %+v; want 4 opened, 2 refused, 2 unreachable", st)
+	}
+	if n := h.passedTCP.Load(); n != 0 {
+		t.Errorf("Read passed %d TCP packets to the caller; want none", n)
+	}
+	switch mode {
+	case ModeRewrite:
+		if st.PacketsToListener == 0 || st.PacketsToApp == 0 || st.DropNoEntry != 0 || st.WriteErrors != 0 || st.NATOpened != 8 {
+			t.Errorf("stats %+v; want packets rewritten both ways, 8 NAT entries, no drops", st)
+		}
+	case ModeRedirect:
+		if st.PacketsToListener != 0 || st.PacketsToApp != 0 || st.NATOpened != 0 {
+			t.Errorf("stats %+v; want no packets rewritten, no NAT entries", st)
+		}
+		if n := h.tableRedirects(t); n != 8 {
+			t.Errorf("the nftables rules redirected %d SYNs; want 8", n)
+		}
 	}
 	if st.BytesUp < 2*size || st.BytesDown < 2*size {
 		t.Errorf("BytesUp %d BytesDown %d; want at least %d each", st.BytesUp, st.BytesDown, 2*size)
@@ -419,12 +510,16 @@ func expectStream(r io.Reader, want io.Reader, n int64) error {
 }
 
 // TestKernelTUNPolicyRouting: with the client's own routing in the
-// namespace (full tunnel through policy rules, strict rp_filter), the
-// rewritten packets are accepted from the TUN and the listener's answers
-// leave through it, over IPv4 and IPv6: 1 MiB echoes byte-exact.
-func TestKernelTUNPolicyRouting(t *testing.T) {
+// namespace (full tunnel through policy rules, strict rp_filter), in
+// redirect mode the redirected connections reach the loopback listener,
+// and in rewrite mode the rewritten packets are accepted from the TUN and
+// the listener's answers leave through it, over IPv4 and IPv6: 1 MiB
+// echoes byte-exact.
+func TestKernelTUNPolicyRouting(t *testing.T) { forModes(t, testKernelTUNPolicyRouting) }
+
+func testKernelTUNPolicyRouting(t *testing.T, mode Mode) {
 	echo := listenLoopback(t, func(c *net.TCPConn) { io.Copy(c, c); c.CloseWrite() })
-	h := newKernelHarnessRouting(t, Config{Connect: func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
+	h := newKernelHarnessRouting(t, Config{Mode: mode, Connect: func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", echo)
 		if err != nil {
@@ -452,14 +547,21 @@ func TestKernelTUNPolicyRouting(t *testing.T) {
 	if st := h.stack.Stats(); st.FlowsOpened != 2 || st.DropNoEntry != 0 || st.SYNUnanswered != 0 {
 		t.Errorf("stats %+v", st)
 	}
+	if n := h.passedTCP.Load(); n != 0 {
+		t.Errorf("Read passed %d TCP packets to the caller; want none", n)
+	}
 }
 
-// TestKernelTUNInbound: a TCP connection opened from the tunnel side
-// toward a listener of the namespace is carried as packets: a SYN the
-// caller writes is answered by the kernel with a SYN-ACK that Read returns
-// to the caller unchanged (IPv4 and IPv6).
-func TestKernelTUNInbound(t *testing.T) {
-	h := newKernelHarness(t, Config{Connect: func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
+// TestKernelTUNInbound: in both modes, a TCP connection opened from the
+// tunnel side toward a listener of the namespace is carried as packets: a
+// SYN the caller writes is answered by the kernel with a SYN-ACK that Read
+// returns to the caller unchanged (IPv4 and IPv6). In redirect mode the
+// SYN-ACK leaves through the TUN but is no new connection, so the nat
+// chain does not see it.
+func TestKernelTUNInbound(t *testing.T) { forModes(t, testKernelTUNInbound) }
+
+func testKernelTUNInbound(t *testing.T, mode Mode) {
+	h := newKernelHarness(t, Config{Mode: mode, Connect: func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
 		return nil, errors.New("no flows in this test")
 	}})
 	for _, tt := range []struct{ host, peer netip.Addr }{{local4, remote4}, {local6, remote6}} {
@@ -499,8 +601,13 @@ func TestKernelTUNInbound(t *testing.T) {
 			}
 		})
 	}
-	if st := h.stack.Stats(); st.PacketsPassed < 2 || st.NATOpened != 0 {
+	if st := h.stack.Stats(); (mode == ModeRewrite && st.PacketsPassed < 2) || st.NATOpened != 0 || st.AcceptUnknown != 0 {
 		t.Errorf("stats %+v; want the SYN-ACKs passed and no NAT entries", st)
+	}
+	if mode == ModeRedirect {
+		if n := h.tableRedirects(t); n != 0 {
+			t.Errorf("the nftables rules redirected %d SYNs; want none", n)
+		}
 	}
 }
 
@@ -521,84 +628,90 @@ func cpuTime() time.Duration {
 // of each flow, and the TUN), so compare it with flowstack's number, not
 // with zero.
 func BenchmarkKernelTUN(b *testing.B) {
-	const chunk = 1 << 20
-	for _, dir := range []string{"upload", "download"} {
-		b.Run(dir, func(b *testing.B) {
-			addr := listenLoopback(b, func(c *net.TCPConn) {
-				var hdr [8]byte
-				if _, err := io.ReadFull(c, hdr[:]); err != nil {
-					return
-				}
-				if n := int(binary.BigEndian.Uint32(hdr[:])); n > 0 {
-					buf := make([]byte, chunk)
-					for range n {
-						if _, err := c.Write(buf); err != nil {
-							return
-						}
-					}
-					c.CloseWrite()
-					return
-				}
-				io.Copy(io.Discard, c)
-				c.Write([]byte{1})
-			})
-			h := newKernelHarness(b, Config{Connect: func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
-				var d net.Dialer
-				c, err := d.DialContext(ctx, "tcp", addr)
-				if err != nil {
-					return nil, err
-				}
-				return flowtest.NewConnStream(c), nil
-			}})
-			c, err := h.dial(b, netip.AddrPortFrom(remote4, 5201))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer c.Close()
-			b.ReportAllocs()
-			b.SetBytes(chunk)
-			var hdr [8]byte
-			if dir == "download" {
-				binary.BigEndian.PutUint32(hdr[:], uint32(b.N))
-			}
-			buf := make([]byte, chunk)
-			cpu0, t0 := cpuTime(), time.Now()
-			b.ResetTimer()
-			c.Write(hdr[:])
-			if dir == "upload" {
-				for range b.N {
-					if _, err := c.Write(buf); err != nil {
-						b.Fatal(err)
-					}
-				}
-				c.CloseWrite()
-				if _, err := io.ReadFull(c, buf[:1]); err != nil {
-					b.Fatal(err)
-				}
-			} else if n, err := io.CopyBuffer(io.Discard, c, buf); err != nil || n != int64(b.N)*chunk {
-				b.Fatalf("downloaded %d bytes, %v; want %d", n, err, int64(b.N)*chunk)
-			}
-			b.StopTimer()
-			cpu, wall := cpuTime()-cpu0, time.Since(t0)
-			gbit := float64(b.N) * chunk * 8 / 1e9
-			b.ReportMetric(cpu.Seconds()/gbit, "cpu-s/Gbit")
-			b.ReportMetric(cpu.Seconds()/wall.Seconds(), "cores")
-			st := h.stack.Stats()
-			b.ReportMetric(float64(st.PacketsToListener+st.PacketsToApp)/float64(b.N), "rewrites/op")
-		})
+	for _, mode := range kernelModes {
+		for _, dir := range []string{"upload", "download"} {
+			b.Run(mode.String()+"/"+dir, func(b *testing.B) { benchmarkKernelTUN(b, mode, dir) })
+		}
 	}
 }
 
-// TestKernelTUNClose: Close resets the applications' open connections
-// (IPv4 and IPv6) and the upstream streams, and Read and Write then
-// report os.ErrClosed.
-func TestKernelTUNClose(t *testing.T) {
+func benchmarkKernelTUN(b *testing.B, mode Mode, dir string) {
+	const chunk = 1 << 20
+	addr := listenLoopback(b, func(c *net.TCPConn) {
+		var hdr [8]byte
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			return
+		}
+		if n := int(binary.BigEndian.Uint32(hdr[:])); n > 0 {
+			buf := make([]byte, chunk)
+			for range n {
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+			}
+			c.CloseWrite()
+			return
+		}
+		io.Copy(io.Discard, c)
+		c.Write([]byte{1})
+	})
+	h := newKernelHarness(b, Config{Mode: mode, Connect: func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		return flowtest.NewConnStream(c), nil
+	}})
+	c, err := h.dial(b, netip.AddrPortFrom(remote4, 5201))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	b.ReportAllocs()
+	b.SetBytes(chunk)
+	var hdr [8]byte
+	if dir == "download" {
+		binary.BigEndian.PutUint32(hdr[:], uint32(b.N))
+	}
+	buf := make([]byte, chunk)
+	cpu0, t0 := cpuTime(), time.Now()
+	b.ResetTimer()
+	c.Write(hdr[:])
+	if dir == "upload" {
+		for range b.N {
+			if _, err := c.Write(buf); err != nil {
+				b.Fatal(err)
+			}
+		}
+		c.CloseWrite()
+		if _, err := io.ReadFull(c, buf[:1]); err != nil {
+			b.Fatal(err)
+		}
+	} else if n, err := io.CopyBuffer(io.Discard, c, buf); err != nil || n != int64(b.N)*chunk {
+		b.Fatalf("downloaded %d bytes, %v; want %d", n, err, int64(b.N)*chunk)
+	}
+	b.StopTimer()
+	cpu, wall := cpuTime()-cpu0, time.Since(t0)
+	gbit := float64(b.N) * chunk * 8 / 1e9
+	b.ReportMetric(cpu.Seconds()/gbit, "cpu-s/Gbit")
+	b.ReportMetric(cpu.Seconds()/wall.Seconds(), "cores")
+	st := h.stack.Stats()
+	b.ReportMetric(float64(st.PacketsToListener+st.PacketsToApp)/float64(b.N), "rewrites/op")
+}
+
+// TestKernelTUNClose: in both modes, Close resets the applications' open
+// connections (IPv4 and IPv6) and the upstream streams, Read and Write
+// then report os.ErrClosed, and the nftables table is gone.
+func TestKernelTUNClose(t *testing.T) { forModes(t, testKernelTUNClose) }
+
+func testKernelTUNClose(t *testing.T, mode Mode) {
 	upstreamEnded := make(chan error, 2)
 	echo := listenLoopback(t, func(c *net.TCPConn) {
 		_, err := io.Copy(c, c)
 		upstreamEnded <- err
 	})
-	h := newKernelHarness(t, Config{Connect: func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
+	h := newKernelHarness(t, Config{Mode: mode, Connect: func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", echo)
 		if err != nil {
@@ -620,8 +733,17 @@ func TestKernelTUNClose(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
+	if got, want := h.tables(t), mode == ModeRedirect; got[TableName(h.ifName)] != want {
+		t.Errorf("before Close: tables %v; want %s: %v", got, TableName(h.ifName), want)
+	}
 	if err := h.stack.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
+	}
+	if got := h.tables(t); got[TableName(h.ifName)] {
+		t.Errorf("after Close: tables %v; want no %s", got, TableName(h.ifName))
+	}
+	if err := h.stack.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
 	}
 	for i, c := range conns {
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -645,9 +767,13 @@ func TestKernelTUNClose(t *testing.T) {
 }
 
 // TestKernelTUNFirewall: with a firewall in the namespace that drops TCP
-// arriving on the TUN (as a default-deny INPUT policy does), the listener
-// never answers; the retransmitted SYNs are counted and warned about once.
-func TestKernelTUNFirewall(t *testing.T) {
+// arriving on the TUN (as a default-deny INPUT policy with loopback
+// allowed does), in rewrite mode the listener never answers, and the
+// retransmitted SYNs are counted and warned about once; in redirect mode
+// nothing arrives on the TUN and the connection works.
+func TestKernelTUNFirewall(t *testing.T) { forModes(t, testKernelTUNFirewall) }
+
+func testKernelTUNFirewall(t *testing.T, mode Mode) {
 	nft, err := exec.LookPath("nft")
 	if err != nil {
 		if os.Getenv("CI") == "true" {
@@ -656,10 +782,17 @@ func TestKernelTUNFirewall(t *testing.T) {
 		t.Skip("needs nft on PATH")
 	}
 	var logs lockedBuf
+	echo := listenLoopback(t, func(c *net.TCPConn) { io.Copy(c, c) })
 	h := newKernelHarness(t, Config{
+		Mode:   mode,
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Connect: func(context.Context, netip.AddrPort, netip.AddrPort) (flow.Stream, error) {
-			return nil, errors.New("unreachable")
+		Connect: func(ctx context.Context, _, _ netip.AddrPort) (flow.Stream, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", echo)
+			if err != nil {
+				return nil, err
+			}
+			return flowtest.NewConnStream(c), nil
 		},
 	})
 	inNetns(t, h.ns, func() {
@@ -670,6 +803,25 @@ func TestKernelTUNFirewall(t *testing.T) {
 			t.Fatalf("nft %s: %v: %s", rules, err, out)
 		}
 	})
+	if mode == ModeRedirect {
+		c, err := h.dial(t, netip.AddrPortFrom(remote4, 80))
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		b := make([]byte, 4)
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, b); err != nil || string(b) != "ping" {
+			t.Fatalf("echo: %q, %v", b, err)
+		}
+		if logs.String() != "" {
+			t.Errorf("logged %q", logs.String())
+		}
+		return
+	}
 	inNetns(t, h.ns, func() {
 		d := net.Dialer{Timeout: 2500 * time.Millisecond} // the first SYN and its retransmit after 1 s
 		if c, err := d.Dial("tcp", netip.AddrPortFrom(remote4, 80).String()); err == nil {
@@ -703,11 +855,13 @@ func (l *lockedBuf) String() string {
 	return l.b.String()
 }
 
-// TestKernelTUNConcurrent: 64 connections at once (half IPv4, half IPv6),
-// 256 KiB echoed byte-exact on each; every NAT entry ends up closing.
-func TestKernelTUNConcurrent(t *testing.T) {
+// TestKernelTUNConcurrent: in both modes, 64 connections at once (half
+// IPv4, half IPv6), 256 KiB echoed byte-exact on each.
+func TestKernelTUNConcurrent(t *testing.T) { forModes(t, testKernelTUNConcurrent) }
+
+func testKernelTUNConcurrent(t *testing.T, mode Mode) {
 	echo := listenLoopback(t, func(c *net.TCPConn) { io.Copy(c, c); c.CloseWrite() })
-	h := newKernelHarness(t, Config{Connect: func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
+	h := newKernelHarness(t, Config{Mode: mode, Connect: func(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", echo)
 		if err != nil {
@@ -746,7 +900,11 @@ func TestKernelTUNConcurrent(t *testing.T) {
 		t.Error(err)
 	}
 	st := h.stack.Stats()
-	if st.FlowsOpened != conns || st.NATOpened != conns || st.FlowErrors != 0 || st.DropNoEntry != 0 || st.DropTableFull != 0 {
-		t.Errorf("stats %+v; want %d flows and NAT entries, no errors or drops", st, conns)
+	wantNAT := uint64(conns)
+	if mode == ModeRedirect {
+		wantNAT = 0
+	}
+	if st.FlowsOpened != conns || st.NATOpened != wantNAT || st.FlowErrors != 0 || st.DropNoEntry != 0 || st.DropTableFull != 0 {
+		t.Errorf("stats %+v; want %d flows, %d NAT entries, no errors or drops", st, conns, wantNAT)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -45,13 +46,15 @@ type counters struct {
 // Stack is the system TCP stack; it implements datagram.Device. Create it
 // with New.
 type Stack struct {
-	cfg  Config
-	log  *slog.Logger
-	dev  datagram.Device
-	ln   *net.TCPListener
-	port uint16 // the listener's
-	v6   bool   // the listener takes IPv6 too
-	nat  *natTable
+	cfg   Config
+	log   *slog.Logger
+	dev   datagram.Device
+	mode  Mode               // ModeRedirect or ModeRewrite (ModeAuto only in Read's tests)
+	lns   []*net.TCPListener // redirect mode: on 127.0.0.1 and, if any, ::1; rewrite mode: one, bound to the TUN
+	port  uint16             // the listeners' (all of them on the same)
+	v6    bool               // the listener(s) take IPv6 too
+	nat   *natTable          // rewrite mode only
+	redir *redirectTable     // redirect mode only
 
 	// Used by Read only (one goroutine at a time).
 	rbufs  [][]byte
@@ -76,10 +79,14 @@ type Stack struct {
 
 var _ datagram.Device = (*Stack)(nil)
 
-// New validates cfg, opens the listener (bound to cfg.IfName, in the
-// calling thread's network namespace, which must be the TUN's) and starts
-// the accept loop. It does not read from the device: the caller's Read
-// does. If New fails, cfg.Dev is left open.
+// New validates cfg and starts the Stack in the calling thread's network
+// namespace, which must be the TUN's: in redirect mode it opens the
+// loopback listeners, starts accepting and then creates the nftables table
+// (replacing one a crashed run left); in rewrite mode it opens the
+// listener bound to cfg.IfName, deletes a table a crashed run in redirect
+// mode left, and starts accepting. ModeAuto falls back to rewrite mode
+// when redirect mode cannot start, and logs why. New does not read from
+// the device: the caller's Read does. If New fails, cfg.Dev is left open.
 func New(cfg Config) (*Stack, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -89,39 +96,114 @@ func New(cfg Config) (*Stack, error) {
 	if bs < 1 {
 		return nil, fmt.Errorf("systack: Dev.BatchSize() is %d: want at least 1", bs)
 	}
-	ln, v6, err := listen(cfg.IfName)
-	if err != nil {
-		return nil, err
+	if _, err := net.InterfaceByName(cfg.IfName); err != nil {
+		return nil, fmt.Errorf("systack: Config.IfName: interface %q: %w", cfg.IfName, err)
 	}
-	port := uint16(ln.Addr().(*net.TCPAddr).Port)
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("component", "systack")
 	s := &Stack{
-		cfg:    cfg,
-		log:    log,
-		dev:    cfg.Dev,
-		ln:     ln,
-		port:   port,
-		v6:     v6,
-		nat:    newNATTable(cfg.MaxFlows, port),
-		rbufs:  make([][]byte, bs),
-		rsizes: make([]int, bs),
-		wb:     make([][]byte, 0, bs),
-		sem:    make(chan struct{}, cfg.MaxPending),
+		cfg: cfg,
+		log: log,
+		dev: cfg.Dev,
+		sem: make(chan struct{}, cfg.MaxPending),
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	var redirErr error
+	if cfg.Mode != ModeRewrite {
+		if redirErr = s.startRedirect(); redirErr == nil {
+			return s, nil
+		}
+		if cfg.Mode == ModeRedirect {
+			s.cancel()
+			return nil, redirErr
+		}
+	}
+	if err := s.startRewrite(bs); err != nil {
+		s.cancel()
+		return nil, errors.Join(redirErr, err)
+	}
+	if redirErr != nil {
+		log.Warn("system stack: redirect mode unavailable, rewriting packets on the TUN instead (slower)", "err", redirErr)
+	}
+	return s, nil
+}
+
+// startRedirect starts redirect mode: the listener bound to loopback, the
+// accept loop, then the nftables table (so that every redirected SYN finds
+// the listener).
+func (s *Stack) startRedirect() error {
+	lns, err := loopbackListeners()
+	if err != nil {
+		return err
+	}
+	s.mode, s.lns, s.v6 = ModeRedirect, lns, len(lns) == 2
+	s.port = uint16(lns[0].Addr().(*net.TCPAddr).Port)
+	s.startAccepting()
+	s.redir, err = installRedirect(s.cfg.IfName, s.port, s.v6)
+	if err != nil {
+		s.stopAccepting()
+		s.lns, s.redir = nil, nil
+		return err
+	}
+	s.log.Info("system stack started", "mode", s.mode.String(), "interface", s.cfg.IfName,
+		"nftables_table", "inet "+s.redir.table.Name, "listener_port", s.port, "ipv6", s.v6,
+		"max_pending", s.cfg.MaxPending, "connect_timeout", s.cfg.ConnectTimeout)
+	return nil
+}
+
+// startRewrite starts rewrite mode: the listener bound to the TUN, the
+// NAT table, Read's buffers and the accept loop.
+func (s *Stack) startRewrite(bs int) error {
+	ln, v6, err := listen(s.cfg.IfName)
+	if err != nil {
+		return err
+	}
+	if err := deleteStaleTable(s.cfg.IfName); err != nil {
+		s.log.Warn("system stack: a table left by redirect mode may redirect the applications' connections elsewhere", "err", err)
+	}
+	s.mode, s.lns, s.v6 = ModeRewrite, []*net.TCPListener{ln}, v6
+	s.port = uint16(ln.Addr().(*net.TCPAddr).Port)
+	s.nat = newNATTable(s.cfg.MaxFlows, s.port)
+	s.rbufs, s.rsizes, s.wb = make([][]byte, bs), make([]int, bs), make([][]byte, 0, bs)
 	for i := range s.rbufs {
 		s.rbufs[i] = make([]byte, bufSize)
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.wg.Add(1)
-	go s.acceptLoop()
-	log.Info("system stack started", "interface", cfg.IfName, "listener_port", port, "ipv6", v6,
-		"max_pending", cfg.MaxPending, "max_flows", cfg.MaxFlows, "connect_timeout", cfg.ConnectTimeout)
-	return s, nil
+	s.startAccepting()
+	s.log.Info("system stack started", "mode", s.mode.String(), "interface", s.cfg.IfName, "listener_port", s.port, "ipv6", v6,
+		"max_pending", s.cfg.MaxPending, "max_flows", s.cfg.MaxFlows, "connect_timeout", s.cfg.ConnectTimeout)
+	return nil
 }
+
+// startAccepting starts an accept loop on each listener.
+func (s *Stack) startAccepting() {
+	for _, ln := range s.lns {
+		s.wg.Add(1)
+		go s.acceptLoop(ln)
+	}
+}
+
+// stopAccepting closes the listeners and waits for the accept loops and
+// the flows they started (New's failure path: none yet, or reset).
+func (s *Stack) stopAccepting() {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	s.cancel()
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	s.wg.Wait()
+	s.mu.Lock()
+	s.closing = false
+	s.mu.Unlock()
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+}
+
+// Mode returns the mode the Stack runs in: ModeRedirect or ModeRewrite.
+func (s *Stack) Mode() Mode { return s.mode }
 
 // listen opens the listener on a free port of every address, bound to
 // the interface: dual-stack if the host has IPv6, else IPv4 only.
@@ -169,7 +251,8 @@ func listen(ifName string) (*net.TCPListener, bool, error) {
 
 // Read reads packets from the device and returns those that are not the
 // Stack's in bufs (packet i at bufs[i][offset:offset+sizes[i]], as
-// datagram.Device.Read), in order. The TCP packets of the applications'
+// datagram.Device.Read), in order. In redirect mode that is every packet,
+// read straight into bufs. In rewrite mode the TCP packets of the applications'
 // connections and of the listener are rewritten and written back to the
 // device (see the package doc) before Read returns; other TCP packets
 // (inbound connections) and non-TCP packets are copied to bufs. If a
@@ -178,6 +261,19 @@ func listen(ifName string) (*net.TCPListener, bool, error) {
 // is dropped and counted. After Close it returns os.ErrClosed. One
 // goroutine at a time may call Read.
 func (s *Stack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if s.mode == ModeRedirect {
+		// Nothing to sort out: the applications' connections do not
+		// cross the TUN.
+		for {
+			if s.closed.Load() {
+				return 0, os.ErrClosed
+			}
+			n, err := s.dev.Read(bufs, sizes, offset)
+			if n > 0 || err != nil {
+				return n, err
+			}
+		}
+	}
 	nb := min(len(bufs), len(sizes), len(s.rbufs))
 	if nb == 0 || offset < 0 {
 		return 0, fmt.Errorf("systack: read: bad arguments: %d bufs, %d sizes, offset %d", len(bufs), len(sizes), offset)
@@ -314,7 +410,7 @@ func (s *Stack) Done() <-chan struct{} { return s.ctx.Done() }
 // Stats returns a snapshot of the counters.
 func (s *Stack) Stats() Stats {
 	c := &s.cnt
-	return Stats{
+	st := Stats{
 		FlowsOpened:       c.opened.Load(),
 		FlowsActive:       c.active.Load(),
 		FlowsPending:      c.pending.Load(),
@@ -333,19 +429,26 @@ func (s *Stack) Stats() Stats {
 		DropTableFull:     c.full.Load(),
 		DropBufTooSmall:   c.dropSmall.Load(),
 		WriteErrors:       c.writeErr.Load(),
-		NATActive:         s.nat.active.Load(),
-		NATOpened:         s.nat.opened.Load(),
-		NATExpired:        s.nat.expired.Load(),
-		SYNUnanswered:     s.nat.unanswered.Load(),
 	}
+	if s.nat != nil {
+		st.NATActive = s.nat.active.Load()
+		st.NATOpened = s.nat.opened.Load()
+		st.NATExpired = s.nat.expired.Load()
+		st.SYNUnanswered = s.nat.unanswered.Load()
+	}
+	return st
 }
 
-// Close stops the Stack: the listener is closed, Connects in progress are
-// cancelled and every flow is aborted (the application's connection is
-// reset, the upstream stream too); after a short drain (closeDrain) for a
-// Read in progress to pass the resets on, the device is closed, and
-// blocked and later Reads and Writes return os.ErrClosed. It waits for the
-// Stack's goroutines, is idempotent, and returns the device's Close error.
+// Close stops the Stack: the listener is closed, Connects in progress
+// are cancelled and every flow is aborted (the application's connection
+// is reset, the upstream stream too); in redirect mode the nftables table
+// is then deleted (only then: without a nat chain the kernel stops
+// translating the redirected connections, and their RSTs would not reach
+// the applications); in rewrite mode, after a short drain (closeDrain) for
+// a Read in progress to pass the resets on, the device is closed, and
+// blocked and later Reads and Writes return os.ErrClosed. It waits for the Stack's goroutines, is
+// idempotent, and returns the device's Close error, or else the error of
+// deleting the table.
 func (s *Stack) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
@@ -353,18 +456,28 @@ func (s *Stack) Close() error {
 		s.mu.Unlock()
 		r0 := s.cnt.rstToApp.Load()
 		s.cancel()
-		s.ln.Close()
+		for _, ln := range s.lns {
+			ln.Close()
+		}
 		flows := s.cnt.active.Load() + s.cnt.pending.Load()
 		s.wg.Wait()
-		// Every flow's connection was reset; the RSTs are in the TUN's
-		// queue. Let the Read in progress rewrite them toward the
-		// applications (one each) before the device goes.
-		for start := time.Now(); s.cnt.rstToApp.Load() < r0+uint64(max(flows, 0)) && time.Since(start) < closeDrain; {
+		var tableErr error
+		if s.redir != nil {
+			tableErr = s.redir.delete()
+		}
+		// Rewrite mode: every flow's connection was reset; the RSTs are in
+		// the TUN's queue. Let the Read in progress rewrite them toward
+		// the applications (one each) before the device goes. (Redirect
+		// mode's go over loopback.)
+		for start := time.Now(); s.mode == ModeRewrite && s.cnt.rstToApp.Load() < r0+uint64(max(flows, 0)) && time.Since(start) < closeDrain; {
 			time.Sleep(time.Millisecond)
 		}
 		s.closed.Store(true)
 		s.closeErr = s.dev.Close()
-		s.log.Info("system stack stopped", "flows_opened", s.cnt.opened.Load())
+		if s.closeErr == nil {
+			s.closeErr = tableErr
+		}
+		s.log.Info("system stack stopped", "mode", s.mode.String(), "flows_opened", s.cnt.opened.Load())
 	})
 	return s.closeErr
 }
@@ -380,19 +493,23 @@ func (s *Stack) enter() bool {
 	return true
 }
 
-// acceptLoop accepts the listener's connections, each once a Connect slot
-// is free, and serves each on its own goroutine.
-func (s *Stack) acceptLoop() {
+// acceptLoop accepts ln's connections and serves each on its own
+// goroutine once a Connect slot is free. (It takes the slot after Accept,
+// so that the loop of one listener does not hold a slot while the other
+// listener's connections wait.)
+func (s *Stack) acceptLoop(ln *net.TCPListener) {
 	defer s.wg.Done()
 	for {
-		select {
-		case s.sem <- struct{}{}:
-		case <-s.ctx.Done():
-			return
+		c, err := ln.AcceptTCP()
+		if err == nil {
+			select {
+			case s.sem <- struct{}{}:
+			case <-s.ctx.Done():
+				reset(c)
+				return
+			}
 		}
-		c, err := s.ln.AcceptTCP()
 		if err != nil {
-			<-s.sem
 			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
@@ -425,8 +542,7 @@ func (s *Stack) serve(c *net.TCPConn) {
 		}
 	}
 	defer release()
-	remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-	app, dst, ok := s.nat.lookup(remote.Addr().Unmap(), remote.Port())
+	app, dst, ok := s.addrs(c)
 	if !ok {
 		s.cnt.unknown.Add(1)
 		reset(c)
@@ -470,6 +586,20 @@ func (s *Stack) serve(c *net.TCPConn) {
 		s.cnt.flowErr.Add(1)
 	}
 	s.debug("flow ended", "src", app, "dst", dst, "up", up, "down", down, "err", err)
+}
+
+// addrs returns the application's address and the one it connected to,
+// for an accepted connection: in redirect mode its remote address and
+// conntrack's original destination, in rewrite mode the NAT entry of its
+// remote address. ok is false for a connection that is not the Stack's.
+func (s *Stack) addrs(c *net.TCPConn) (app, dst netip.AddrPort, ok bool) {
+	remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	if s.mode == ModeRedirect {
+		dst, ok = originalDst(c)
+		return remote, dst, ok
+	}
+	return s.nat.lookup(remote.Addr(), remote.Port())
 }
 
 // reset closes c with a RST (SO_LINGER 0).

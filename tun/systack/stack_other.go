@@ -19,3 +19,6 @@ func New(cfg Config) (*Stack, error) {
 
 // Stats returns zero counters.
 func (s *Stack) Stats() Stats { return Stats{} }
+
+// Mode returns ModeAuto: there is no Stack to run in a mode.
+func (s *Stack) Mode() Mode { return ModeAuto }
