@@ -145,7 +145,7 @@ func appendFragNeeded(dst, orig []byte, p *Packet, mtu int) []byte {
 // The checksum also covers a pseudo-header: source and destination
 // address, upper-layer length (32 bits), three zero bytes, next header 58.
 func appendPacketTooBig(dst, orig []byte, p *Packet, mtu int) []byte {
-	mtu = min(max(mtu, minMTUv6), 0xffff_ffff)
+	mtu = int(min(max(int64(mtu), minMTUv6), 0xffff_ffff))
 	body := orig[:min(p.Len, maxICMPv6Len-48)]
 	plen := 8 + len(body)
 	start := len(dst)

@@ -142,7 +142,7 @@ func (f *clientFlags) check() []*flagError {
 	if f.mark == 0 || f.mark > 0xffffffff {
 		errs = append(errs, badValue("mark", fmt.Sprint(f.mark), "expected 1..4294967295"))
 	}
-	if f.table <= 0 || f.table > 0xffffffff || f.table == 253 || f.table == 254 || f.table == 255 {
+	if f.table <= 0 || int64(f.table) > 0xffffffff || f.table == 253 || f.table == 254 || f.table == 255 {
 		errs = append(errs, badValue("table", fmt.Sprint(f.table), "expected a free routing table number 1..4294967295 (not 253-255)"))
 	}
 	if f.dns != "auto" && f.dns != "off" {
