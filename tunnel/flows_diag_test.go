@@ -1,0 +1,123 @@
+package tunnel
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"runtime/pprof"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.zx2c4.com/wireguard/tun/netstack"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/roamvpn/roam/tun/flowstack"
+)
+
+// flowProgress is one test flow's progress, for the stall report.
+type flowProgress struct {
+	local             netip.AddrPort // the application's end
+	written, read     atomic.Int64
+	writeDone, closed atomic.Bool // Write returned (and CloseWrite was called); ReadAll returned
+	writeErr          atomic.Pointer[error]
+}
+
+func (p *flowProgress) String() string {
+	s := fmt.Sprintf("%v: written %d, read %d, write done %v", p.local, p.written.Load(), p.read.Load(), p.writeDone.Load())
+	if e := p.writeErr.Load(); e != nil {
+		s += fmt.Sprintf(" (write error: %v)", *e)
+	}
+	return s
+}
+
+// netstackStack returns the gVisor stack inside a wireguard netstack.Net
+// (an unexported field), for diagnostics only.
+func netstackStack(n *netstack.Net) *stack.Stack {
+	v := reflect.ValueOf(n).Elem().FieldByName("stack")
+	if !v.IsValid() || v.Kind() != reflect.Pointer || v.Type().Elem() != reflect.TypeFor[stack.Stack]() {
+		return nil
+	}
+	return (*stack.Stack)(unsafe.Pointer(v.Pointer()))
+}
+
+// stallReport describes the unfinished flows of a flow-mode test: their
+// progress, both local TCP endpoints of each (the application's netstack
+// and the client's flowstack), the counters of the flowstack and the
+// server, and the goroutines of the flow path.
+func stallReport(flows []*flowProgress, app *stack.Stack, fs *flowstack.Stack, srv *Server) string {
+	var b strings.Builder
+	stalled := map[netip.AddrPort]bool{}
+	for _, p := range flows {
+		if !p.closed.Load() {
+			stalled[p.local] = true
+			fmt.Fprintf(&b, "stalled flow %v\n", p)
+		}
+	}
+	if app != nil {
+		for _, e := range flowstack.TCPEndpointsOf(app) {
+			if stalled[e.Local] {
+				fmt.Fprintf(&b, "  application TCP %v\n", e)
+			}
+		}
+	}
+	if fs != nil {
+		for _, e := range fs.TCPEndpoints() {
+			if stalled[e.Remote] {
+				fmt.Fprintf(&b, "  flowstack TCP   %v\n", e)
+			}
+		}
+		fmt.Fprintf(&b, "flowstack stats: %+v\n", fs.Stats())
+	}
+	st := srv.Stats()
+	fmt.Fprintf(&b, "server: flows total %d active %d refused %d, bytes up %d down %d\n",
+		st.FlowsTotal.Load(), st.FlowsActive.Load(), st.FlowsRefused.Load(), st.FlowBytesUp.Load(), st.FlowBytesDown.Load())
+	var dump bytes.Buffer
+	pprof.Lookup("goroutine").WriteTo(&dump, 2)
+	n := 0
+	for g := range strings.SplitSeq(dump.String(), "\n\n") {
+		if strings.Contains(g, "flow.(*splicer)") || strings.Contains(g, "flowstack.") || strings.Contains(g, "TestFlowMode") {
+			if n < 60 {
+				b.WriteString(g)
+				b.WriteString("\n\n")
+			}
+			n++
+		}
+	}
+	fmt.Fprintf(&b, "(%d flow goroutines)\n", n)
+	return b.String()
+}
+
+// watchFlows calls report once if an unfinished flow has made no progress
+// (bytes written or read) for stallAfter, and returns when done is closed.
+func watchFlows(flows []*flowProgress, stallAfter time.Duration, done <-chan struct{}, report func()) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	last := make([]int64, len(flows))
+	lastChange := make([]time.Time, len(flows))
+	for i := range lastChange {
+		lastChange[i] = time.Now()
+	}
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+		}
+		for i, p := range flows {
+			if p.closed.Load() {
+				continue
+			}
+			if sum := p.written.Load() + p.read.Load(); sum != last[i] {
+				last[i], lastChange[i] = sum, time.Now()
+				continue
+			}
+			if time.Since(lastChange[i]) >= stallAfter {
+				report()
+				return
+			}
+		}
+	}
+}
