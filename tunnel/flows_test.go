@@ -165,6 +165,7 @@ func TestFlowMode(t *testing.T) {
 		slices.Sort(ended)
 		t.Logf("%d flows × 1 MB each way in %v (flows ended after: half %v, 90%% %v, all %v)", flows, time.Since(start),
 			ended[flows/2].Round(time.Millisecond), ended[flows*9/10].Round(time.Millisecond), ended[flows-1].Round(time.Millisecond))
+		t.Logf("flowstack: %+v", fs.Stats())
 		if n := ts.srv.Stats().FlowsTotal.Load(); n < flows {
 			t.Errorf("server counted %d flows, want %d", n, flows)
 		}
