@@ -23,10 +23,11 @@ type flowProgress struct {
 	written, read     atomic.Int64
 	writeDone, closed atomic.Bool // Write returned (and CloseWrite was called); ReadAll returned
 	writeErr          atomic.Pointer[error]
+	idle              atomic.Int64 // time.Duration without progress, as watchFlows last saw it
 }
 
 func (p *flowProgress) String() string {
-	s := fmt.Sprintf("%v: written %d, read %d, write done %v", p.local, p.written.Load(), p.read.Load(), p.writeDone.Load())
+	s := fmt.Sprintf("%v: written %d, read %d, write done %v, no progress for %v", p.local, p.written.Load(), p.read.Load(), p.writeDone.Load(), time.Duration(p.idle.Load()).Round(time.Second))
 	if e := p.writeErr.Load(); e != nil {
 		s += fmt.Sprintf(" (write error: %v)", *e)
 	}
@@ -44,7 +45,7 @@ func netstackStack(n *netstack.Net) *stack.Stack {
 }
 
 // stallReport describes the unfinished flows of a flow-mode test: their
-// progress, both local TCP endpoints of each (the application's netstack
+// progress (and how long each has made none), both local TCP endpoints of each (the application's netstack
 // and the client's flowstack), the counters of the flowstack and the
 // server, and the goroutines of the flow path.
 func stallReport(flows []*flowProgress, app *stack.Stack, fs *flowstack.Stack, srv *Server) string {
@@ -53,7 +54,7 @@ func stallReport(flows []*flowProgress, app *stack.Stack, fs *flowstack.Stack, s
 	for _, p := range flows {
 		if !p.closed.Load() {
 			stalled[p.local] = true
-			fmt.Fprintf(&b, "stalled flow %v\n", p)
+			fmt.Fprintf(&b, "unfinished flow %v\n", p)
 		}
 	}
 	if app != nil {
@@ -112,9 +113,11 @@ func watchFlows(flows []*flowProgress, stallAfter time.Duration, done <-chan str
 			}
 			if sum := p.written.Load() + p.read.Load(); sum != last[i] {
 				last[i], lastChange[i] = sum, time.Now()
-				continue
 			}
-			if time.Since(lastChange[i]) >= stallAfter {
+			p.idle.Store(int64(time.Since(lastChange[i])))
+		}
+		for _, p := range flows {
+			if !p.closed.Load() && time.Duration(p.idle.Load()) >= stallAfter {
 				report()
 				return
 			}
