@@ -19,15 +19,27 @@ import (
 
 // flowProgress is one test flow's progress, for the stall report.
 type flowProgress struct {
-	local             netip.AddrPort // the application's end
+	addr              atomic.Pointer[netip.AddrPort] // the application's end, once connected
 	written, read     atomic.Int64
 	writeDone, closed atomic.Bool // Write returned (and CloseWrite was called); ReadAll returned
 	writeErr          atomic.Pointer[error]
 	idle              atomic.Int64 // time.Duration without progress, as watchFlows last saw it
 }
 
+// local returns the application's end of the flow (zero before it connected).
+func (p *flowProgress) local() netip.AddrPort {
+	if a := p.addr.Load(); a != nil {
+		return *a
+	}
+	return netip.AddrPort{}
+}
+
 func (p *flowProgress) String() string {
-	s := fmt.Sprintf("%v: written %d, read %d, write done %v, no progress for %v", p.local, p.written.Load(), p.read.Load(), p.writeDone.Load(), time.Duration(p.idle.Load()).Round(time.Second))
+	name := "(connecting)"
+	if a := p.local(); a.IsValid() {
+		name = a.String()
+	}
+	s := fmt.Sprintf("%s: written %d, read %d, write done %v, no progress for %v", name, p.written.Load(), p.read.Load(), p.writeDone.Load(), time.Duration(p.idle.Load()).Round(time.Second))
 	if e := p.writeErr.Load(); e != nil {
 		s += fmt.Sprintf(" (write error: %v)", *e)
 	}
@@ -53,7 +65,7 @@ func stallReport(flows []*flowProgress, app *stack.Stack, fs *flowstack.Stack, s
 	stalled := map[netip.AddrPort]bool{}
 	for _, p := range flows {
 		if !p.closed.Load() {
-			stalled[p.local] = true
+			stalled[p.local()] = true
 			fmt.Fprintf(&b, "unfinished flow %v\n", p)
 		}
 	}
@@ -91,12 +103,14 @@ func stallReport(flows []*flowProgress, app *stack.Stack, fs *flowstack.Stack, s
 	return b.String()
 }
 
-// watchFlows calls report once if an unfinished flow has made no progress
-// (bytes written or read) for stallAfter, and returns when done is closed.
-func watchFlows(flows []*flowProgress, stallAfter time.Duration, done <-chan struct{}, report func()) {
+// watchFlows calls report once, with the reason, if an unfinished flow has
+// made no progress (bytes written or read) for stallAfter, or if flows are
+// still unfinished at last (a flow that trickles, a segment per backed-off
+// retransmission timeout, is stalled too); it returns when done is closed.
+func watchFlows(flows []*flowProgress, stallAfter time.Duration, last time.Time, done <-chan struct{}, report func(why string)) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	last := make([]int64, len(flows))
+	seen := make([]int64, len(flows))
 	lastChange := make([]time.Time, len(flows))
 	for i := range lastChange {
 		lastChange[i] = time.Now()
@@ -111,16 +125,20 @@ func watchFlows(flows []*flowProgress, stallAfter time.Duration, done <-chan str
 			if p.closed.Load() {
 				continue
 			}
-			if sum := p.written.Load() + p.read.Load(); sum != last[i] {
-				last[i], lastChange[i] = sum, time.Now()
+			if sum := p.written.Load() + p.read.Load(); sum != seen[i] {
+				seen[i], lastChange[i] = sum, time.Now()
 			}
 			p.idle.Store(int64(time.Since(lastChange[i])))
 		}
 		for _, p := range flows {
 			if !p.closed.Load() && time.Duration(p.idle.Load()) >= stallAfter {
-				report()
+				report(fmt.Sprintf("a flow made no progress for %v", stallAfter))
 				return
 			}
+		}
+		if time.Now().After(last) {
+			report("flows are still unfinished near the deadline")
+			return
 		}
 	}
 }

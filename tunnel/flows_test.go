@@ -69,7 +69,8 @@ func TestFlowMode(t *testing.T) {
 		// assertion: 100 MB through two gVisor stacks and QUIC take ~2 s,
 		// ~35 s with -race, and minutes with -race on a busy 2-core host.
 		// A flow that moves no byte for a minute is stalled: the test then
-		// reports where the unfinished flows' bytes are and ends them.
+		// reports where the unfinished flows' bytes are and ends them. So
+		// it does 15 s before the deadline if flows are still running.
 		const flows, size, deadline, stallAfter = 50, 1 << 20, 5 * time.Minute, time.Minute
 		const chunk = 64 << 10
 		var wg sync.WaitGroup
@@ -81,17 +82,20 @@ func TestFlowMode(t *testing.T) {
 		for i := range progress {
 			progress[i] = &flowProgress{}
 		}
-		watchDone := make(chan struct{})
-		go watchFlows(progress, stallAfter, watchDone, func() {
-			t.Errorf("a flow made no progress for %v:\n%s", stallAfter, stallReport(progress, netstackStack(tc.net), fs, ts.srv))
-			connsMu.Lock()
-			for _, c := range conns {
-				if c != nil {
-					c.SetDeadline(time.Now())
+		watchDone, watchExited := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(watchExited)
+			watchFlows(progress, stallAfter, time.Now().Add(deadline-15*time.Second), watchDone, func(why string) {
+				t.Errorf("%s:\n%s", why, stallReport(progress, netstackStack(tc.net), fs, ts.srv))
+				connsMu.Lock()
+				for _, c := range conns {
+					if c != nil {
+						c.SetDeadline(time.Now())
+					}
 				}
-			}
-			connsMu.Unlock()
-		})
+				connsMu.Unlock()
+			})
+		}()
 		start := time.Now()
 		for i := range flows {
 			p := progress[i]
@@ -106,7 +110,8 @@ func TestFlowMode(t *testing.T) {
 					return
 				}
 				defer c.Close()
-				p.local = netip.MustParseAddrPort(c.LocalAddr().String())
+				local := netip.MustParseAddrPort(c.LocalAddr().String())
+				p.addr.Store(&local)
 				connsMu.Lock()
 				conns[i] = c
 				connsMu.Unlock()
@@ -143,21 +148,22 @@ func TestFlowMode(t *testing.T) {
 						break
 					}
 					if err != nil {
-						errs <- fmt.Errorf("flow %d (%v): read after %d bytes: %w", i, p.local, len(got), err)
+						errs <- fmt.Errorf("flow %d (%v): read after %d bytes: %w", i, local, len(got), err)
 						return
 					}
 				}
 				if err := <-wrote; err != nil {
-					errs <- fmt.Errorf("flow %d (%v): %w", i, p.local, err)
+					errs <- fmt.Errorf("flow %d (%v): %w", i, local, err)
 					return
 				}
 				if !bytes.Equal(got, payload) {
-					errs <- fmt.Errorf("flow %d (%v): echo differs (%d bytes back)", i, p.local, len(got))
+					errs <- fmt.Errorf("flow %d (%v): echo differs (%d bytes back)", i, local, len(got))
 				}
 			})
 		}
 		wg.Wait()
 		close(watchDone)
+		<-watchExited // its report (t.Errorf) is done
 		close(errs)
 		for err := range errs {
 			t.Error(err)
