@@ -5,14 +5,15 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -28,9 +29,12 @@ import (
 // ping (a datagram) still works in the same session.
 func TestFlowMode(t *testing.T) {
 	ts := startTestServerWith(t, testServerOpts{gatewayLoopback: true})
+	var fs *flowstack.Stack
 	tc, err := startTestClient(t, ts, func(c *ClientConfig) {
 		c.FlowDevice = func(dev datagram.Device, mtu int, open OpenFlow) (datagram.Device, error) {
-			return flowstack.New(flowstack.Config{Dev: dev, MTU: mtu, Connect: open, Logger: c.Logger})
+			s, err := flowstack.New(flowstack.Config{Dev: dev, MTU: mtu, Connect: open, Logger: c.Logger})
+			fs = s
+			return s, err
 		}
 	})
 	if err != nil {
@@ -64,49 +68,112 @@ func TestFlowMode(t *testing.T) {
 		// The deadline is a safety net for a stalled flow, not a timing
 		// assertion: 100 MB through two gVisor stacks and QUIC take ~2 s,
 		// ~35 s with -race, and minutes with -race on a busy 2-core host.
-		const flows, size, deadline = 50, 1 << 20, 5 * time.Minute
+		// A flow that moves no byte for two minutes is stalled (under that
+		// load gVisor's RTO reaches tens of seconds; its cap is 120 s): the
+		// test then reports where the unfinished flows' bytes are and ends
+		// them. So it does 15 s before the deadline if flows are still
+		// running.
+		const flows, size, deadline, stallAfter = 50, 1 << 20, 5 * time.Minute, 2 * time.Minute
+		const chunk = 64 << 10
 		var wg sync.WaitGroup
 		errs := make(chan error, flows)
-		var slowest atomic.Int64
+		ended := make([]time.Duration, flows) // when each flow ended, from start
+		progress := make([]*flowProgress, flows)
+		conns := make([]net.Conn, flows)
+		var connsMu sync.Mutex
+		for i := range progress {
+			progress[i] = &flowProgress{}
+		}
+		watchDone, watchExited := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(watchExited)
+			watchFlows(progress, stallAfter, time.Now().Add(deadline-15*time.Second), watchDone, func(why string) {
+				t.Errorf("%s:\n%s", why, stallReport(progress, netstackStack(tc.net), fs, ts.srv))
+				connsMu.Lock()
+				for _, c := range conns {
+					if c != nil {
+						c.SetDeadline(time.Now())
+					}
+				}
+				connsMu.Unlock()
+			})
+		}()
 		start := time.Now()
 		for i := range flows {
+			p := progress[i]
 			wg.Go(func() {
-				defer func() {
-					d := int64(time.Since(start))
-					for old := slowest.Load(); d > old && !slowest.CompareAndSwap(old, d); old = slowest.Load() {
-					}
-				}()
+				defer p.closed.Store(true)
+				defer func() { ended[i] = time.Since(start) }()
 				ctx, cancel := context.WithTimeout(context.Background(), deadline)
 				defer cancel()
 				c, err := tc.net.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(gw, port))
 				if err != nil {
-					errs <- err
+					errs <- fmt.Errorf("flow %d: dial: %w", i, err)
 					return
 				}
 				defer c.Close()
+				local := netip.MustParseAddrPort(c.LocalAddr().String())
+				p.addr.Store(&local)
+				connsMu.Lock()
+				conns[i] = c
+				connsMu.Unlock()
 				c.SetDeadline(time.Now().Add(deadline))
 				payload := make([]byte, size)
 				rand.Read(payload)
+				wrote := make(chan error, 1)
 				go func() {
-					c.Write(payload)
-					c.CloseWrite() // half-close: the reply still comes
+					defer p.writeDone.Store(true)
+					for off := 0; off < size; off += chunk {
+						n, err := c.Write(payload[off : off+chunk])
+						p.written.Add(int64(n))
+						if err != nil {
+							p.writeErr.Store(&err)
+							wrote <- fmt.Errorf("write: %w", err)
+							return
+						}
+					}
+					if err := c.CloseWrite(); err != nil { // half-close: the reply still comes
+						wrote <- fmt.Errorf("close-write: %w", err)
+						return
+					}
+					wrote <- nil
 				}()
-				got, err := io.ReadAll(c)
-				if err != nil {
-					errs <- err
+				got := make([]byte, 0, size)
+				for {
+					if len(got) == cap(got) {
+						got = append(got, 0)[:len(got)]
+					}
+					n, err := c.Read(got[len(got):cap(got)])
+					got = got[:len(got)+n]
+					p.read.Add(int64(n))
+					if err == io.EOF {
+						break
+					}
+					if err != nil {
+						errs <- fmt.Errorf("flow %d (%v): read after %d bytes: %w", i, local, len(got), err)
+						return
+					}
+				}
+				if err := <-wrote; err != nil {
+					errs <- fmt.Errorf("flow %d (%v): %w", i, local, err)
 					return
 				}
 				if !bytes.Equal(got, payload) {
-					errs <- errors.New("flow " + string(rune('A'+i%26)) + ": echo differs")
+					errs <- fmt.Errorf("flow %d (%v): echo differs (%d bytes back)", i, local, len(got))
 				}
 			})
 		}
 		wg.Wait()
+		close(watchDone)
+		<-watchExited // its report (t.Errorf) is done
 		close(errs)
 		for err := range errs {
 			t.Error(err)
 		}
-		t.Logf("%d flows × 1 MB each way in %v (the slowest flow ended after %v)", flows, time.Since(start), time.Duration(slowest.Load()).Round(time.Millisecond))
+		slices.Sort(ended)
+		t.Logf("%d flows × 1 MB each way in %v (flows ended after: half %v, 90%% %v, all %v)", flows, time.Since(start),
+			ended[flows/2].Round(time.Millisecond), ended[flows*9/10].Round(time.Millisecond), ended[flows-1].Round(time.Millisecond))
+		t.Logf("flowstack: %+v", fs.Stats())
 		if n := ts.srv.Stats().FlowsTotal.Load(); n < flows {
 			t.Errorf("server counted %d flows, want %d", n, flows)
 		}

@@ -91,7 +91,8 @@
 // the worst case is about 8 MiB for a flow whose two ends both stall.
 // Closed connections linger in TIME_WAIT for 5 s (not 60 s): duplicates on
 // the local hop cannot be older. Shared: the queue toward the device holds
-// at most 2048 packets (~3 MiB at MTU 1500), and the device writer owns
+// at most 2048 packets (~3 MiB at MTU 1500; while it is full, gVisor waits
+// for room, up to 1 s, rather than dropping), and the device writer owns
 // BatchSize buffers of 64 KiB (8 MiB for a Linux TUN, whose Write coalesces
 // TCP segments into them).
 //

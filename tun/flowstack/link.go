@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -54,15 +55,29 @@ func (it outItem) copyTo(dst []byte) int {
 }
 
 // link is the gVisor link endpoint: Stack.Read hands packets read from the
-// device to the dispatcher, and the stack's output is queued (without
-// blocking gVisor) for the device writer goroutine. No link header and no
-// TX offloads: every packet the stack writes is a whole IP packet of at most
-// mtu bytes with its checksums computed.
+// device to the dispatcher, and the stack's output is queued for the
+// device writer goroutine. No link header and no TX offloads: every packet
+// the stack writes is a whole IP packet of at most mtu bytes with its
+// checksums computed.
+//
+// The link does not drop packets when the writer falls behind: a gVisor
+// goroutine that finds the queue full waits for room (backpressure), up to
+// queueWait. Dropping instead (a lossy link) stalled flows for minutes:
+// under load, RTT samples that include the queue and a slow application
+// raise gVisor's RTO to tens of seconds, and each retransmission that is
+// dropped again doubles it, up to 120 s; a lost tail (the last segments or
+// the FIN, which no later data recovers by SACK) then waits for that RTO
+// (TestFlowMode/50x1MB). The wait is bounded because the writer can depend
+// on the goroutine that waits: gVisor answers some packets (a RST for an
+// unknown connection) inline on Stack.Read's goroutine, and a device whose
+// Write delivers into a userspace stack that in turn waits for Read to take
+// its output (wireguard's netstack, as the tests use) would then deadlock.
 type link struct {
-	mtu   uint32
-	q     chan outItem
-	done  chan struct{} // closed by close: the writer exits
-	drops *atomic.Uint64
+	mtu       uint32
+	q         chan outItem
+	queueWait time.Duration
+	done      chan struct{} // closed by close: the writer exits
+	drops     *atomic.Uint64
 
 	closed  atomic.Bool                   // set by close: WritePackets refuses
 	stopped atomic.Bool                   // set by stopInbound: nothing more is delivered
@@ -73,8 +88,8 @@ type dispatcherRef struct{ d stack.NetworkDispatcher }
 
 var _ stack.LinkEndpoint = (*link)(nil)
 
-func newLink(mtu uint32, queueLen int, drops *atomic.Uint64) *link {
-	return &link{mtu: mtu, q: make(chan outItem, queueLen), done: make(chan struct{}), drops: drops}
+func newLink(mtu uint32, queueLen int, queueWait time.Duration, drops *atomic.Uint64) *link {
+	return &link{mtu: mtu, q: make(chan outItem, queueLen), queueWait: queueWait, done: make(chan struct{}), drops: drops}
 }
 
 // dispatcher returns the stack's dispatcher, or nil when packets must not
@@ -92,8 +107,9 @@ func (l *link) dispatcher() stack.NetworkDispatcher {
 // stopInbound makes dispatcher return nil from now on (Close).
 func (l *link) stopInbound() { l.stopped.Store(true) }
 
-// enqueue queues it for the writer without blocking; if the queue is full
-// or the link closed, the packet is dropped (and counted when full).
+// enqueue queues it for the writer. If the queue is full it waits for
+// room, at most queueWait (see link), and drops the packet (counted) if
+// none came; a packet for a closed link is dropped at once.
 func (l *link) enqueue(it outItem) {
 	if l.closed.Load() {
 		it.release()
@@ -101,7 +117,16 @@ func (l *link) enqueue(it outItem) {
 	}
 	select {
 	case l.q <- it:
+		return
 	default:
+	}
+	t := time.NewTimer(l.queueWait)
+	defer t.Stop()
+	select {
+	case l.q <- it:
+	case <-l.done:
+		it.release()
+	case <-t.C:
 		l.drops.Add(1)
 		it.release()
 	}
@@ -128,8 +153,7 @@ func (l *link) drain() {
 }
 
 // WritePackets implements stack.LinkWriter: it queues a reference to each
-// packet. Packets that do not fit the queue are dropped, as by a lossy
-// link; TCP retransmits them.
+// packet, waiting while the queue is full (see link).
 func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	if l.closed.Load() {
 		return 0, &tcpip.ErrClosedForSend{}
@@ -257,6 +281,7 @@ func (s *Stack) deviceWriter() {
 		s.cnt.out.Add(uint64(n))
 		if err != nil {
 			if errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
+				l.close() // nothing waits for room that will not come
 				return
 			}
 			s.cnt.writeErr.Add(1)

@@ -37,6 +37,7 @@ const (
 	tcpBufMax      = 4 << 20
 	tcpTimeWait    = 5 * time.Second
 	outQueueLen    = 2048
+	outQueueWait   = time.Second // see link
 	protoTCP       = 6
 	nicID          = tcpip.NICID(1)
 	minMTU, maxMTU = 576, 65535
@@ -107,7 +108,7 @@ type Stats struct {
 	PacketsDiverted uint64 // TCP packets Read took from the device into gVisor
 	PacketsInbound  uint64 // TCP packets of inbound connections Read passed through (not diverted)
 	PacketsOut      uint64 // packets written to the device by gVisor (and ICMP errors)
-	DropOutQueue    uint64 // gVisor packets dropped because the device writer fell behind
+	DropOutQueue    uint64 // gVisor packets dropped because the device writer fell behind: the queue stayed full for 1 s
 	DropBufTooSmall uint64 // non-TCP packets Read dropped: the caller's bufs differ in size and one did not fit (or the device reported an impossible size)
 	WriteErrors     uint64 // device writes of gVisor's packets that failed other than by closure
 
@@ -222,7 +223,7 @@ func newStack(cfg Config) (*Stack, error) {
 		conns: newConnTable(cfg.MaxInbound),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.link = newLink(uint32(mtu), outQueueLen, &s.cnt.dropQueue)
+	s.link = newLink(uint32(mtu), outQueueLen, outQueueWait, &s.cnt.dropQueue)
 	s.gro.Init(true)
 	if err := s.startGVisor(); err != nil {
 		s.cancel()
