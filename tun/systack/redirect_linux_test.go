@@ -24,6 +24,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/roamvpn/roam/datagram"
+	"github.com/roamvpn/roam/tun"
 	"github.com/roamvpn/roam/tunnel/flow"
 	"github.com/roamvpn/roam/tunnel/flow/flowtest"
 )
@@ -56,7 +57,7 @@ func (h *kernelHarness) tables(tb testing.TB) map[string]bool {
 // port it redirects to and its counter's packets.
 func (h *kernelHarness) redirectRules(tb testing.TB) (ports []uint16, packets uint64) {
 	tb.Helper()
-	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName(h.ifName)}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: tun.RedirectTableName(h.ifName)}
 	rules, err := h.nft(tb).GetRules(t, &nftables.Chain{Name: "output", Table: t})
 	if err != nil {
 		tb.Fatalf("rules of %s: %v", t.Name, err)
@@ -137,8 +138,8 @@ func TestKernelTUNStaleTable(t *testing.T) {
 				t.Errorf("table redirects to %v; want the listener's %d (IPv4, IPv6)", ports, p)
 			}
 		case ModeRewrite:
-			if got := h.tables(t); got[TableName(h.ifName)] {
-				t.Errorf("tables %v: the stale %s is still there", got, TableName(h.ifName))
+			if got := h.tables(t); got[tun.RedirectTableName(h.ifName)] {
+				t.Errorf("tables %v: the stale %s is still there", got, tun.RedirectTableName(h.ifName))
 			}
 		}
 		for _, remote := range []netip.Addr{remote4, remote6} {
@@ -150,6 +151,56 @@ func TestKernelTUNStaleTable(t *testing.T) {
 			c.Close()
 		}
 	})
+}
+
+// TestKernelTUNRedirectMaxFlows: in redirect mode Config.MaxFlows bounds
+// the connections the Stack serves (the kernel has completed their
+// handshake: one over the limit is reset and counted, without a Connect),
+// and a flow that ends makes room again.
+func TestKernelTUNRedirectMaxFlows(t *testing.T) {
+	var calls atomic.Int64
+	echo := listenLoopback(t, func(c *net.TCPConn) { io.Copy(c, c) })
+	h := newKernelHarness(t, Config{Mode: ModeRedirect, MaxFlows: 2, Connect: echoConnect(echo, &calls)})
+	dst := netip.AddrPortFrom(remote4, 7)
+	var open []*net.TCPConn
+	for range 2 {
+		c, err := h.dial(t, dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		pingEcho(t, c)
+		open = append(open, c)
+	}
+	for _, remote := range []netip.Addr{remote4, remote6} { // both listeners
+		c, err := h.dial(t, netip.AddrPortFrom(remote, 7))
+		if err == nil {
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err = c.Read(make([]byte, 1))
+			c.Close()
+		}
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("connection to %v over MaxFlows: %v; want ECONNRESET", remote, err)
+		}
+	}
+	if st := h.stack.Stats(); st.DropTableFull != 2 || calls.Load() != 2 {
+		t.Fatalf("DropTableFull %d, %d Connects; want 2, 2", st.DropTableFull, calls.Load())
+	}
+	// One flow ends: a new connection gets its place.
+	open[0].Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for h.stack.cnt.flows.Load() > 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d flows counted 10 s after one ended; want 1", h.stack.cnt.flows.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	c, err := h.dial(t, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pingEcho(t, c)
 }
 
 // TestKernelTUNRedirectDirectDial: in redirect mode, a local process
