@@ -73,11 +73,12 @@
 // table: without a nat chain the kernel stops translating the redirected
 // connections. A table a crashed run left would redirect the SYNs to a
 // port no one listens on, or that any local user could then take and
-// receive the tunnelled connections: tun.InstallRouting, which every
-// client start runs on the TUN before its stack (whichever it is), deletes
-// it, and so does New in rewrite mode. (The kernel's NFT_TABLE_F_OWNER,
-// which would delete the table with the process, is not used:
-// github.com/google/nftables v0.3.0 always sends table flags 0.) Redirect
+// receive the tunnelled connections. So the table is owned by the
+// Stack's nftables socket (NFT_TABLE_F_OWNER, Linux 5.12+): the kernel
+// deletes it when the process dies, and no other process can change it.
+// On older kernels (logged at New) tun.InstallRouting, which every client
+// start runs on the TUN before its stack (whichever it is), deletes a
+// stale one, and so does New in rewrite mode. Redirect
 // mode needs nf_tables with NAT in the inet family (Linux 5.2) and
 // CAP_NET_ADMIN. Config.MaxFlows bounds its accepted connections (one
 // over the limit is reset: Stats.DropTableFull); none of Stats' other packet

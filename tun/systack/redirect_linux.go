@@ -32,10 +32,19 @@ import (
 //	}
 //
 // where L is the listener's port (the IPv6 rule only if it takes IPv6).
+//
+// The table is owned by conn's netlink socket (NFT_TABLE_F_OWNER, Linux
+// 5.12+) when the kernel supports it: the kernel deletes it when the
+// socket closes, so a crashed run leaves none, and no other process can
+// change it meanwhile. On an older kernel (owned false, ownErr says why)
+// a crash leaves it, and tun.InstallRouting, or New in rewrite mode,
+// deletes it at the next start.
 type redirectTable struct {
-	mu    sync.Mutex
-	conn  *nftables.Conn // guarded by mu; nil once deleted
-	table *nftables.Table
+	mu     sync.Mutex
+	conn   *nftables.Conn // guarded by mu; nil once deleted; open as long as the table lives
+	table  *nftables.Table
+	owned  bool
+	ownErr error // why the table is not owned
 }
 
 // installRedirect creates the table tun.RedirectTableName(ifName),
@@ -49,13 +58,16 @@ type redirectTable struct {
 // fallback).
 var installRedirect = func(ifName string, port uint16, v6 bool) (*redirectTable, error) {
 	name := tun.RedirectTableName(ifName)
-	conn, ns, err := nft.NewConn()
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: name}
+	conn, owned, ownErr, err := nft.NewOwnedTable(t)
 	if err != nil {
 		return nil, fmt.Errorf("systack: nftables table inet %s: %w", name, err)
 	}
-	ns.Close() // the socket stays in its namespace
-	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: name}
-	nft.ReplaceTable(conn, t) // an empty table whether or not a crashed run left one
+	if !owned {
+		// An empty table whether or not a crashed run left one, in the
+		// transaction below.
+		nft.ReplaceTable(conn, t)
+	}
 	accept := nftables.ChainPolicyAccept
 	out := conn.AddChain(&nftables.Chain{
 		Name:     "output",
@@ -73,7 +85,7 @@ var installRedirect = func(ifName string, port uint16, v6 bool) (*redirectTable,
 		conn.CloseLasting()
 		return nil, fmt.Errorf("systack: create nftables table inet %s (needs nf_tables with NAT, Linux 5.2+): %w", name, err)
 	}
-	return &redirectTable{conn: conn, table: t}, nil
+	return &redirectTable{conn: conn, table: t, owned: owned, ownErr: ownErr}, nil
 }
 
 // redirectRule is `oifname <ifName> tcp flags syn / syn,ack fib daddr

@@ -22,6 +22,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/roamvpn/roam/datagram"
 	"github.com/roamvpn/roam/tun"
@@ -113,6 +114,65 @@ func pingEcho(tb testing.TB, c *net.TCPConn) {
 	}
 }
 
+// leaveStaleTable creates, in the calling thread's namespace, the
+// redirect table for ifName (redirecting to port) without an owner, as
+// a crashed run on a kernel without NFT_TABLE_F_OWNER leaves it.
+func leaveStaleTable(tb testing.TB, ifName string, port uint16) {
+	tb.Helper()
+	c, err := nftables.New()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: tun.RedirectTableName(ifName)})
+	ch := c.AddChain(&nftables.Chain{Name: "output", Table: t, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest})
+	for _, proto := range []byte{unix.NFPROTO_IPV4, unix.NFPROTO_IPV6} {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: redirectRule(ifName, proto, port)})
+	}
+	if err := c.Flush(); err != nil {
+		tb.Fatalf("stale table: %v", err)
+	}
+}
+
+// TestKernelTUNRedirectOwnedTable: redirect mode's table belongs to the
+// Stack's nftables socket (NFT_TABLE_F_OWNER): another socket cannot
+// delete it, and the kernel deletes it when the socket closes, as when
+// the process dies, so a crash leaves no redirect to a dead port.
+func TestKernelTUNRedirectOwnedTable(t *testing.T) {
+	var r *redirectTable
+	h := newKernelHarnessOpts(t, Config{Mode: ModeRewrite, Connect: echoConnect("127.0.0.1:1", nil)}, harnessOpts{
+		beforeNew: func(ifName string) {
+			var err error
+			if r, err = installRedirect(ifName, 1, true); err != nil {
+				t.Fatal(err)
+			}
+		},
+	})
+	name := tun.RedirectTableName(h.ifName)
+	if !r.owned {
+		if errors.Is(r.ownErr, unix.EOPNOTSUPP) {
+			t.Skipf("the kernel cannot own tables (Linux 5.12+): %v", r.ownErr)
+		}
+		t.Fatalf("table not owned: %v", r.ownErr)
+	}
+	// New in rewrite mode tried to delete it as stale, and could not.
+	if got := h.tables(t); !got[name] {
+		t.Fatalf("tables %v: want the owned %s", got, name)
+	}
+	c := h.nft(t)
+	c.DelTable(r.table)
+	if err := c.Flush(); !errors.Is(err, unix.EPERM) {
+		t.Errorf("another socket deleting the owned table: %v; want EPERM", err)
+	}
+	r.mu.Lock()
+	r.conn.CloseLasting() // as the process dying would
+	r.conn = nil
+	r.mu.Unlock()
+	if got := h.tables(t); got[name] {
+		t.Errorf("tables %v: %s outlived its socket", got, name)
+	}
+}
+
 // TestKernelTUNStaleTable: a table of the Stack's name left by a crashed
 // run (here: redirecting to port 1, where nothing listens) is replaced by
 // New in redirect mode (its rules then point at the listeners) and deleted
@@ -121,15 +181,7 @@ func TestKernelTUNStaleTable(t *testing.T) {
 	forModes(t, func(t *testing.T, mode Mode) {
 		echo := listenLoopback(t, func(c *net.TCPConn) { io.Copy(c, c) })
 		h := newKernelHarnessOpts(t, Config{Mode: mode, Connect: echoConnect(echo, nil)}, harnessOpts{
-			beforeNew: func(ifName string) {
-				r, err := installRedirect(ifName, 1, true)
-				if err != nil {
-					t.Fatalf("stale table: %v", err)
-				}
-				r.mu.Lock()
-				r.conn.CloseLasting() // as a crash would: the table stays
-				r.mu.Unlock()
-			},
+			beforeNew: func(ifName string) { leaveStaleTable(t, ifName, 1) },
 		})
 		switch mode {
 		case ModeRedirect:

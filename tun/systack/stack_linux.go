@@ -149,8 +149,12 @@ func (s *Stack) startRedirect() error {
 		s.lns, s.redir = nil, nil
 		return err
 	}
+	if !s.redir.owned {
+		s.log.Warn("system stack: the kernel cannot tie the nftables table to this process (NFT_TABLE_F_OWNER, Linux 5.12+): if the process dies, the table stays until the client starts again on this TUN",
+			"nftables_table", "inet "+s.redir.table.Name, "err", s.redir.ownErr)
+	}
 	s.log.Info("system stack started", "mode", s.mode.String(), "interface", s.cfg.IfName,
-		"nftables_table", "inet "+s.redir.table.Name, "listener_port", s.port, "ipv6", s.v6,
+		"nftables_table", "inet "+s.redir.table.Name, "nftables_owner", s.redir.owned, "listener_port", s.port, "ipv6", s.v6,
 		"max_pending", s.cfg.MaxPending, "max_flows", s.cfg.MaxFlows, "connect_timeout", s.cfg.ConnectTimeout)
 	return nil
 }
