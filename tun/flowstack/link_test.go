@@ -70,6 +70,11 @@ func TestLinkBackpressure(t *testing.T) {
 		close(done)
 	}()
 	time.Sleep(20 * time.Millisecond)
+	select {
+	case <-done:
+		t.Fatal("enqueue on a full queue returned at once after the writer made progress: drop mode did not end")
+	default:
+	}
 	l.close()
 	select {
 	case <-done:
