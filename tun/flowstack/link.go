@@ -117,18 +117,18 @@ func (l *link) stopInbound() { l.stopped.Store(true) }
 // enqueue queues it for the writer: one packet, with its own wait (see
 // enqueueWait).
 func (l *link) enqueue(it outItem) {
-	var w waiter
+	var w queueDeadline
 	defer w.stop()
 	l.enqueueWait(it, &w)
 }
 
-// waiter is the deadline that the packets of one call to enqueueBatch
+// queueDeadline is the deadline that the packets of one call to enqueueBatch
 // share: its timer starts at the first packet that finds the queue full.
-type waiter struct {
+type queueDeadline struct {
 	t *time.Timer
 }
 
-func (w *waiter) stop() {
+func (w *queueDeadline) stop() {
 	if w.t != nil {
 		w.t.Stop()
 	}
@@ -139,7 +139,7 @@ func (w *waiter) stop() {
 // none came drops the packet (counted), puts the link in drop mode and
 // returns false. In drop mode a packet that finds the queue full is
 // dropped (counted) at once; on a closed link every packet is.
-func (l *link) enqueueWait(it outItem, w *waiter) bool {
+func (l *link) enqueueWait(it outItem, w *queueDeadline) bool {
 	if l.closed.Load() {
 		it.release()
 		return true
@@ -175,7 +175,7 @@ func (l *link) enqueueWait(it outItem, w *waiter) bool {
 // their waits sharing one deadline of queueWait; once it has run out, the
 // rest of the batch is dropped (counted) without waiting.
 func (l *link) enqueueBatch(pkts []*stack.PacketBuffer) {
-	var w waiter
+	var w queueDeadline
 	defer w.stop()
 	for i, pkb := range pkts {
 		if !l.enqueueWait(outItem{pkb: pkb.IncRef()}, &w) {
