@@ -142,7 +142,7 @@ func TestRoutingRemovesStaleRedirectTable(t *testing.T) {
 	stale := RedirectTableName("roamt0")
 	for _, cmd := range [][]string{
 		{"nft", "add", "table", "inet", stale},
-		{"nft", "add", "chain", "inet", stale, "output", "{ type nat hook output priority dstnat; policy accept; }"},
+		{"nft", "add", "chain", "inet", stale, "output", "{ type nat hook output priority -100; policy accept; }"},
 		{"nft", "add", "rule", "inet", stale, "output", "oifname", "roamt0", "tcp", "flags", "syn", "/", "syn,ack", "redirect", "to", ":4242"},
 		{"nft", "add", "table", "inet", RedirectTableName("roamt1")}, // another TUN's
 	} {
