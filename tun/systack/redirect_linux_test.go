@@ -337,6 +337,37 @@ func TestKernelTUNAutoFallback(t *testing.T) {
 	})
 }
 
+// TestKernelTUNRedirectNoLoopback6: without ::1 (IPv6 disabled on lo)
+// redirect mode runs IPv4 only, and says why in the log.
+func TestKernelTUNRedirectNoLoopback6(t *testing.T) {
+	echo := listenLoopback(t, func(c *net.TCPConn) { io.Copy(c, c) })
+	var logs lockedBuf
+	h := newKernelHarnessOpts(t, Config{
+		Mode:    ModeRedirect,
+		Logger:  slog.New(slog.NewTextHandler(&logs, nil)),
+		Connect: echoConnect(echo, nil),
+	}, harnessOpts{
+		beforeNew: func(string) {
+			// A thread's /proc/sys/net is its own namespace's.
+			if err := os.WriteFile("/proc/sys/net/ipv6/conf/lo/disable_ipv6", []byte("1"), 0); err != nil {
+				t.Fatalf("disable IPv6 on lo: %v", err)
+			}
+		},
+	})
+	if h.stack.v6 || len(h.stack.lns) != 1 {
+		t.Fatalf("v6 %v with %d listeners; want IPv4 only", h.stack.v6, len(h.stack.lns))
+	}
+	if l := logs.String(); !strings.Contains(l, "no listener on ::1") || !strings.Contains(l, "err=") {
+		t.Errorf("logs %q; want the IPv4-only warning and its reason", l)
+	}
+	c, err := h.dial(t, netip.AddrPortFrom(remote4, 7))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pingEcho(t, c)
+}
+
 // TestKernelTUNConnectLimits: in both modes, a Connect that outlives
 // ConnectTimeout resets the application's connection, and with
 // MaxPending 1 a second connection waits for the first's Connect.
