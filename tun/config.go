@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"github.com/roamvpn/roam/tun/internal/nft"
 )
 
 // Policy routing defaults: "Ro" in ASCII.
@@ -164,20 +166,21 @@ func checkIfName(field, name string, required bool) error {
 // NewMasquerade creates for a TUN device: "roam_" followed by tunName with
 // every byte outside [A-Za-z0-9_] replaced by '_'.
 func TableName(tunName string) string {
-	return "roam_" + sanitize(tunName)
+	return "roam_" + nft.Sanitize(tunName)
 }
 
 // replyMarkTableName is the nftables table InstallRouting creates.
 func replyMarkTableName(tunName string) string {
-	return "roam_mark_" + sanitize(tunName)
+	return "roam_mark_" + nft.Sanitize(tunName)
 }
 
-func sanitize(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
-			b[i] = '_'
-		}
-	}
-	return string(b)
+// RedirectTableName returns the name of the nftables table (family inet)
+// that the system stack (package tun/systack) creates for a TUN device in
+// redirect mode: "roamsys_" followed by tunName with every byte outside
+// [A-Za-z0-9_] replaced by '_'. Its rules send the TCP SYNs routed into
+// the TUN to a loopback port; a table a crashed run left would send them
+// to a port nobody may own, so InstallRouting deletes one (see
+// RoutingConfig).
+func RedirectTableName(tunName string) string {
+	return "roamsys_" + nft.Sanitize(tunName)
 }

@@ -22,6 +22,14 @@ func TestTableName(t *testing.T) {
 	}
 }
 
+func TestRedirectTableName(t *testing.T) {
+	for tun, want := range map[string]string{"roam0": "roamsys_roam0", "roam-0.x": "roamsys_roam_0_x"} {
+		if got := RedirectTableName(tun); got != want {
+			t.Errorf("RedirectTableName(%q) = %q, want %q", tun, got, want)
+		}
+	}
+}
+
 func FuzzTableName(f *testing.F) {
 	for _, s := range []string{"roam0", "roam-0", "a.b", "\x00\xff", "ünï"} {
 		f.Add(s)

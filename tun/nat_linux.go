@@ -1,17 +1,16 @@
 package tun
 
 import (
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
-	"runtime"
 	"sync"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/roamvpn/roam/tun/internal/nft"
 )
 
 // Masquerade is an nftables table owned by Roam that masquerades the client
@@ -52,12 +51,12 @@ func NewMasquerade(cfg MasqueradeConfig) (*Masquerade, error) {
 		return nil, err
 	}
 	name := TableName(cfg.TunName)
-	conn, ns, err := newNftConn()
+	conn, ns, err := nft.NewConn()
 	if err != nil {
 		return nil, fmt.Errorf("tun: nftables table inet %s: %w", name, err)
 	}
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: name}
-	replaceTable(conn, t)
+	nft.ReplaceTable(conn, t)
 
 	post := conn.AddChain(&nftables.Chain{
 		Name:     "postrouting",
@@ -68,9 +67,9 @@ func NewMasquerade(cfg MasqueradeConfig) (*Masquerade, error) {
 	})
 	for _, p := range pools {
 		exprs := matchSource(p)
-		exprs = append(exprs, matchIfName(expr.MetaKeyOIFNAME, expr.CmpOpNeq, cfg.TunName)...)
+		exprs = append(exprs, nft.MatchIfName(expr.MetaKeyOIFNAME, expr.CmpOpNeq, cfg.TunName)...)
 		if cfg.Egress != "" {
-			exprs = append(exprs, matchIfName(expr.MetaKeyOIFNAME, expr.CmpOpEq, cfg.Egress)...)
+			exprs = append(exprs, nft.MatchIfName(expr.MetaKeyOIFNAME, expr.CmpOpEq, cfg.Egress)...)
 		}
 		exprs = append(exprs, &expr.Counter{}, &expr.Masq{})
 		conn.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: exprs})
@@ -85,10 +84,10 @@ func NewMasquerade(cfg MasqueradeConfig) (*Masquerade, error) {
 		Priority: nftables.ChainPriorityFilter,
 		Policy:   &accept,
 	})
-	out := matchIfName(expr.MetaKeyIIFNAME, expr.CmpOpEq, cfg.TunName)
+	out := nft.MatchIfName(expr.MetaKeyIIFNAME, expr.CmpOpEq, cfg.TunName)
 	out = append(out, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept})
 	conn.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: out})
-	in := matchIfName(expr.MetaKeyOIFNAME, expr.CmpOpEq, cfg.TunName)
+	in := nft.MatchIfName(expr.MetaKeyOIFNAME, expr.CmpOpEq, cfg.TunName)
 	in = append(in, matchCtState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)...)
 	in = append(in, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept})
 	conn.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: in})
@@ -112,7 +111,7 @@ func (m *Masquerade) Close() error {
 	if m.conn == nil {
 		return nil
 	}
-	err := deleteTable(m.conn, m.table)
+	err := nft.DeleteTable(m.conn, m.table)
 	m.conn.CloseLasting()
 	m.ns.Close()
 	m.conn = nil
@@ -120,44 +119,6 @@ func (m *Masquerade) Close() error {
 		return fmt.Errorf("tun: delete nftables table inet %s: %w", m.table.Name, err)
 	}
 	return nil
-}
-
-// newNftConn opens a lasting nftables netlink socket in the calling thread's
-// network namespace and returns it with a handle of that namespace, which
-// the caller closes after conn.
-func newNftConn() (*nftables.Conn, netns.NsHandle, error) {
-	// One thread for both: the handle names the namespace the socket is
-	// created in, without setns (which would need CAP_SYS_ADMIN).
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	ns, err := netns.Get()
-	if err != nil {
-		return nil, netns.None(), fmt.Errorf("get network namespace: %w", err)
-	}
-	conn, err := nftables.New(nftables.AsLasting())
-	if err != nil {
-		ns.Close()
-		return nil, netns.None(), fmt.Errorf("open nftables netlink socket: %w", err)
-	}
-	return conn, ns, nil
-}
-
-// replaceTable queues "add table; delete table; add table", which leaves an
-// empty table t whether or not it existed, within the caller's transaction.
-func replaceTable(conn *nftables.Conn, t *nftables.Table) {
-	conn.AddTable(t)
-	conn.DelTable(t)
-	conn.AddTable(t)
-}
-
-// deleteTable deletes t; a missing table is not an error.
-func deleteTable(conn *nftables.Conn, t *nftables.Table) error {
-	conn.DelTable(t)
-	err := conn.Flush()
-	if errors.Is(err, unix.ENOENT) {
-		return nil
-	}
-	return err
 }
 
 // matchSource matches packets whose source address is in p, with the
@@ -195,32 +156,11 @@ func prefixMask(p netip.Prefix) []byte {
 	return m
 }
 
-// matchIfName compares the input or output interface name with name.
-func matchIfName(key expr.MetaKey, op expr.CmpOp, name string) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: key, Register: 1},
-		&expr.Cmp{Op: op, Register: 1, Data: ifNameBytes(name)},
-	}
-}
-
-// ifNameBytes is name NUL-padded to IFNAMSIZ, as the kernel stores it.
-func ifNameBytes(name string) []byte {
-	b := make([]byte, unix.IFNAMSIZ)
-	copy(b, name)
-	return b
-}
-
 // matchCtState matches packets whose conntrack state has any of bits.
 func matchCtState(bits uint32) []expr.Any {
 	return []expr.Any{
 		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(bits), Xor: u32(0)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: u32(0)},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nft.U32(bits), Xor: nft.U32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: nft.U32(0)},
 	}
-}
-
-// u32 encodes v in host byte order, as nftables expects for marks and ct
-// state.
-func u32(v uint32) []byte {
-	return binary.NativeEndian.AppendUint32(nil, v)
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/roamvpn/roam/tun/internal/nft"
 )
 
 // sysctlSrcValidMark makes reverse-path filtering use the packet's mark.
@@ -53,8 +55,13 @@ type Routing struct {
 // InstallRouting installs the routes and rules of cfg in the calling thread's
 // network namespace. It first removes what a crashed run with the same
 // configuration left behind: every route in table Table, the
-// suppress_prefixlength 0 rule at Priority and the rule for Table at
-// Priority+1. On error nothing it added stays. Two Routings at the same time
+// suppress_prefixlength 0 rule at Priority, the rule for Table at
+// Priority+1, and the system stack's redirect table
+// RedirectTableName(TunName) (a crashed run of the system stack in
+// redirect mode leaves it; it would send every TCP connection routed into
+// the TUN to a loopback port that any local user could then listen on).
+// So every client, whatever its stack and mode, starts without it; the
+// caller starts a system stack on TunName only after InstallRouting. On error nothing it added stays. Two Routings at the same time
 // need different Table, Priority and TunName values.
 func InstallRouting(cfg RoutingConfig) (*Routing, error) {
 	cfg = cfg.withDefaults()
@@ -139,9 +146,13 @@ func (r *Routing) install(routes []netip.Prefix) error {
 }
 
 // removeStale deletes routes in our table and our two rules, in both
-// families, as a crashed run would have left them.
+// families, and the system stack's redirect table, as a crashed run would
+// have left them.
 func (r *Routing) removeStale() error {
 	cfg := r.cfg
+	if err := nft.DeleteStale(RedirectTableName(cfg.TunName)); err != nil {
+		return fmt.Errorf("tun: routing: remove the stale system stack table: %w", err)
+	}
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		rules, err := retryDump(func() ([]netlink.Rule, error) { return r.h.RuleList(fam) })
 		if errors.Is(err, unix.EAFNOSUPPORT) {
@@ -190,12 +201,12 @@ func (r *Routing) removeStale() error {
 //	}
 func (r *Routing) installReplyMark() error {
 	name := replyMarkTableName(r.cfg.TunName)
-	conn, ns, err := newNftConn()
+	conn, ns, err := nft.NewConn()
 	if err != nil {
 		return fmt.Errorf("tun: routing: nftables table inet %s (set NoReplyMark to go without): %w", name, err)
 	}
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: name}
-	replaceTable(conn, t)
+	nft.ReplaceTable(conn, t)
 	accept := nftables.ChainPolicyAccept
 	pre := conn.AddChain(&nftables.Chain{
 		Name: "premangle", Table: t, Type: nftables.ChainTypeFilter,
@@ -211,12 +222,12 @@ func (r *Routing) installReplyMark() error {
 	}
 	conn.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: append(append([]expr.Any{}, udp...),
 		&expr.Ct{Register: 1, Key: expr.CtKeyMARK},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: u32(r.cfg.Mark)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: nft.U32(r.cfg.Mark)},
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
 	)})
 	conn.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: append(append([]expr.Any{}, udp...),
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: u32(r.cfg.Mark)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: nft.U32(r.cfg.Mark)},
 		&expr.Ct{Key: expr.CtKeyMARK, SourceRegister: true, Register: 1},
 	)})
 	if err := conn.Flush(); err != nil {
@@ -255,7 +266,7 @@ func (r *Routing) Close() error {
 		}
 	}
 	if r.nft != nil {
-		if err := deleteTable(r.nft, r.table); err != nil {
+		if err := nft.DeleteTable(r.nft, r.table); err != nil {
 			errs = append(errs, fmt.Errorf("tun: routing: delete nftables table inet %s: %w", r.table.Name, err))
 		}
 		r.nft.CloseLasting()

@@ -131,6 +131,44 @@ func TestRoutingIPv4OnlyCustom(t *testing.T) {
 	}
 }
 
+// TestRoutingRemovesStaleRedirectTable: InstallRouting deletes the
+// system stack's redirect table that a crashed run left for the TUN
+// (whatever stack the new run uses, the table would send the TCP routed
+// into the TUN to a dead loopback port), and only that table.
+func TestRoutingRemovesStaleRedirectTable(t *testing.T) {
+	needTool(t, "ip")
+	needTool(t, "nft")
+	ns := newNetns(t)
+	stale := RedirectTableName("roamt0")
+	for _, cmd := range [][]string{
+		{"nft", "add", "table", "inet", stale},
+		{"nft", "add", "chain", "inet", stale, "output", "{ type nat hook output priority -100; policy accept; }"},
+		{"nft", "add", "rule", "inet", stale, "output", "oifname", "roamt0", "tcp", "flags", "syn", "/", "syn,ack", "redirect", "to", ":4242"},
+		{"nft", "add", "table", "inet", RedirectTableName("roamt1")}, // another TUN's
+	} {
+		nsRun(t, ns, cmd...)
+	}
+	var r *Routing
+	inNetns(t, ns, func() {
+		setupClientTun(t)
+		var err error
+		r, err = InstallRouting(RoutingConfig{
+			TunName: "roamt0", Routes: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, NoReplyMark: true,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer r.Close()
+	out := nsRun(t, ns, "nft", "list", "tables")
+	if strings.Contains(out, stale+"\n") {
+		t.Errorf("the stale table %s is still there:\n%s", stale, out)
+	}
+	if !strings.Contains(out, RedirectTableName("roamt1")) {
+		t.Errorf("InstallRouting deleted another TUN's table %s:\n%s", RedirectTableName("roamt1"), out)
+	}
+}
+
 func TestRoutingBadConfig(t *testing.T) {
 	ns := newNetns(t)
 	v4 := []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}

@@ -92,7 +92,11 @@
 // Closed connections linger in TIME_WAIT for 5 s (not 60 s): duplicates on
 // the local hop cannot be older. Shared: the queue toward the device holds
 // at most 2048 packets (~3 MiB at MTU 1500; while it is full, gVisor waits
-// for room, up to 1 s, rather than dropping), and the device writer owns
+// for room rather than dropping, up to 1 s per write of a batch of
+// segments; a write whose wait runs out drops the rest of its batch, and
+// from then on packets that find the queue full are dropped at once until
+// the device writer takes one, so a stuck device costs at most one such
+// wait per goroutine, and Close none), and the device writer owns
 // BatchSize buffers of 64 KiB (8 MiB for a Linux TUN, whose Write coalesces
 // TCP segments into them).
 //

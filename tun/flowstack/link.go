@@ -62,7 +62,8 @@ func (it outItem) copyTo(dst []byte) int {
 //
 // The link does not drop packets when the writer falls behind: a gVisor
 // goroutine that finds the queue full waits for room (backpressure), up to
-// queueWait. Dropping instead (a lossy link) stalled flows for minutes:
+// queueWait per WritePackets call (not per packet: the caller may hold a
+// TCP endpoint's lock, or be Stack.Read's goroutine). Dropping instead (a lossy link) stalled flows for minutes:
 // under load, RTT samples that include the queue and a slow application
 // raise gVisor's RTO to tens of seconds, and each retransmission that is
 // dropped again doubles it, up to 120 s; a lost tail (the last segments or
@@ -72,12 +73,18 @@ func (it outItem) copyTo(dst []byte) int {
 // unknown connection) inline on Stack.Read's goroutine, and a device whose
 // Write delivers into a userspace stack that in turn waits for Read to take
 // its output (wireguard's netstack, as the tests use) would then deadlock.
+// A call whose wait runs out drops the rest of its batch at once (counted),
+// and the link stays in drop mode, where every enqueue that finds the queue
+// full drops without waiting, until the writer takes a packet again: a
+// stuck writer costs each caller at most one wait, and once one wait has
+// run out, none at all (Close's aborts, Stack.Read's inline answers).
 type link struct {
 	mtu       uint32
 	q         chan outItem
 	queueWait time.Duration
 	done      chan struct{} // closed by close: the writer exits
 	drops     *atomic.Uint64
+	dropping  atomic.Bool // drop mode: a wait ran out and the writer has not taken a packet since
 
 	closed  atomic.Bool                   // set by close: WritePackets refuses
 	stopped atomic.Bool                   // set by stopInbound: nothing more is delivered
@@ -107,28 +114,83 @@ func (l *link) dispatcher() stack.NetworkDispatcher {
 // stopInbound makes dispatcher return nil from now on (Close).
 func (l *link) stopInbound() { l.stopped.Store(true) }
 
-// enqueue queues it for the writer. If the queue is full it waits for
-// room, at most queueWait (see link), and drops the packet (counted) if
-// none came; a packet for a closed link is dropped at once.
+// enqueue queues it for the writer: one packet, with its own wait (see
+// enqueueWait).
 func (l *link) enqueue(it outItem) {
+	var w queueDeadline
+	defer w.stop()
+	l.enqueueWait(it, &w)
+}
+
+// queueDeadline is the deadline that the packets of one call to enqueueBatch
+// share: its timer starts at the first packet that finds the queue full.
+type queueDeadline struct {
+	t *time.Timer
+}
+
+func (w *queueDeadline) stop() {
+	if w.t != nil {
+		w.t.Stop()
+	}
+}
+
+// enqueueWait queues it for the writer. If the queue is full it waits for
+// room until w's deadline (started now if this is w's first wait), and if
+// none came drops the packet (counted), puts the link in drop mode and
+// returns false. In drop mode a packet that finds the queue full is
+// dropped (counted) at once; on a closed link every packet is.
+func (l *link) enqueueWait(it outItem, w *queueDeadline) bool {
 	if l.closed.Load() {
 		it.release()
-		return
+		return true
 	}
 	select {
 	case l.q <- it:
-		return
+		return true
 	default:
 	}
-	t := time.NewTimer(l.queueWait)
-	defer t.Stop()
-	select {
-	case l.q <- it:
-	case <-l.done:
-		it.release()
-	case <-t.C:
+	if l.dropping.Load() {
 		l.drops.Add(1)
 		it.release()
+		return false
+	}
+	if w.t == nil {
+		w.t = time.NewTimer(l.queueWait)
+	}
+	select {
+	case l.q <- it:
+		return true
+	case <-l.done:
+		it.release()
+		return true
+	case <-w.t.C:
+		l.dropping.Store(true)
+		l.drops.Add(1)
+		it.release()
+		return false
+	}
+}
+
+// enqueueBatch queues pkts for the writer (taking a reference to each),
+// their waits sharing one deadline of queueWait; once it has run out, the
+// rest of the batch is dropped (counted) without waiting.
+func (l *link) enqueueBatch(pkts []*stack.PacketBuffer) {
+	var w queueDeadline
+	defer w.stop()
+	for i, pkb := range pkts {
+		if !l.enqueueWait(outItem{pkb: pkb.IncRef()}, &w) {
+			if rest := len(pkts) - i - 1; rest > 0 {
+				l.drops.Add(uint64(rest))
+			}
+			return
+		}
+	}
+}
+
+// progress ends drop mode: the writer took a packet off the queue.
+func (l *link) progress() {
+	if l.dropping.Load() {
+		l.dropping.Store(false)
 	}
 }
 
@@ -153,15 +215,14 @@ func (l *link) drain() {
 }
 
 // WritePackets implements stack.LinkWriter: it queues a reference to each
-// packet, waiting while the queue is full (see link).
+// packet, waiting while the queue is full, at most queueWait for the whole
+// call (see link). Packets it drops count as written (a lossy link).
 func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	if l.closed.Load() {
 		return 0, &tcpip.ErrClosedForSend{}
 	}
 	all := pkts.AsSlice()
-	for _, pkb := range all {
-		l.enqueue(outItem{pkb: pkb.IncRef()})
-	}
+	l.enqueueBatch(all)
 	return len(all), nil
 }
 
@@ -249,6 +310,7 @@ func (s *Stack) deviceWriter() {
 			return
 		case it = <-l.q:
 		}
+		l.progress()
 		n := 0
 		for {
 			if it.size() <= datagram.LargeBufSize-datagram.Headroom {

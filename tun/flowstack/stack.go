@@ -108,7 +108,7 @@ type Stats struct {
 	PacketsDiverted uint64 // TCP packets Read took from the device into gVisor
 	PacketsInbound  uint64 // TCP packets of inbound connections Read passed through (not diverted)
 	PacketsOut      uint64 // packets written to the device by gVisor (and ICMP errors)
-	DropOutQueue    uint64 // gVisor packets dropped because the device writer fell behind: the queue stayed full for 1 s
+	DropOutQueue    uint64 // gVisor packets dropped because the device writer fell behind: the queue stayed full for a write's 1 s, or after that until the writer took a packet
 	DropBufTooSmall uint64 // non-TCP packets Read dropped: the caller's bufs differ in size and one did not fit (or the device reported an impossible size)
 	WriteErrors     uint64 // device writes of gVisor's packets that failed other than by closure
 

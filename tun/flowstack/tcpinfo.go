@@ -41,7 +41,10 @@ func (e TCPEndpoint) String() string {
 
 // TCPEndpoints returns a snapshot of the Stack's TCP endpoints (its flows,
 // established or closing), sorted by Remote. It is meant for diagnostics
-// (a stalled flow); it takes each endpoint's lock briefly.
+// (a stalled flow). It takes each endpoint's lock in turn, so it can wait
+// behind a goroutine of that endpoint that waits for room in the queue
+// toward the device: up to 1 s per endpoint while the device writer is
+// stuck, none once the queue is in drop mode (see the package doc).
 func (s *Stack) TCPEndpoints() []TCPEndpoint { return TCPEndpointsOf(s.st) }
 
 // TCPEndpointsOf returns a snapshot of the TCP endpoints of any gVisor

@@ -93,12 +93,16 @@ type Config struct {
 	// applications retransmit. If zero, DefaultMaxPending (256).
 	MaxPending int
 
-	// MaxFlows bounds rewrite mode's NAT table: connections connecting,
-	// established or closing (see the package doc, "NAT table"). While it
-	// is full, new SYNs are dropped and counted, and the applications
-	// retransmit them. At most MaxMaxFlows. If zero, DefaultMaxFlows
-	// (16384). Redirect mode has no table of its own (conntrack's is the
-	// limit).
+	// MaxFlows bounds the flows. In rewrite mode it is the size of the NAT
+	// table: connections connecting, established or closing (see the
+	// package doc, "NAT table"); while it is full, new SYNs are dropped and
+	// counted (Stats.DropTableFull), and the applications retransmit them.
+	// In redirect mode it bounds the accepted connections not yet ended
+	// (waiting for Connect or spliced; each holds goroutines and an
+	// upstream stream): the kernel completes the handshake before the
+	// Stack sees a connection, so one over the limit is reset and counted
+	// (Stats.DropTableFull). At most MaxMaxFlows. If zero,
+	// DefaultMaxFlows (16384).
 	MaxFlows int
 
 	// Logger receives start/stop and per-flow debug messages, never one
@@ -165,7 +169,7 @@ type Stats struct {
 	PacketsPassed     uint64 // TCP packets Read passed to the caller: no NAT entry and not a SYN (inbound connections)
 	DropFragment      uint64 // TCP packets dropped: IP fragments, or too short for a TCP header
 	DropNoEntry       uint64 // listener packets dropped: their NAT entry is gone
-	DropTableFull     uint64 // SYNs dropped: the NAT table was full
+	DropTableFull     uint64 // rewrite mode: SYNs dropped, the NAT table was full; redirect mode: connections reset, MaxFlows were open
 	DropBufTooSmall   uint64 // non-TCP packets Read dropped: they did not fit the caller's buffer
 	WriteErrors       uint64 // device writes of rewritten packets that failed other than by closure
 

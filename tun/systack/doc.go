@@ -27,9 +27,9 @@
 //
 // New opens listeners on one free port L of 127.0.0.1 and ::1 (if the
 // host has IPv6 on loopback), starts accepting, then creates the nftables
-// table "inet roamsys_<TUN>" (see [TableName]; one atomic transaction that
-// replaces a table of that name a crashed run left) with a nat chain on
-// the OUTPUT hook:
+// table "inet roamsys_<TUN>" (tun.RedirectTableName; one atomic
+// transaction that replaces a table of that name a crashed run left) with
+// a nat chain on the OUTPUT hook:
 //
 //	oifname <TUN> tcp flags syn / syn,ack fib daddr type != local ct status & confirmed == 0 meta nfproto ipv4 redirect to :L
 //	(the same for ipv6)
@@ -71,12 +71,18 @@
 //
 // Close closes the listeners, resets the flows and only then deletes the
 // table: without a nat chain the kernel stops translating the redirected
-// connections. In rewrite mode New deletes a table a crashed run in
-// redirect mode left (it would redirect the SYNs to a port no one listens
-// on). Redirect mode needs nf_tables with NAT in the inet family (Linux
-// 5.2) and CAP_NET_ADMIN; conntrack's table is its only limit
-// (Config.MaxFlows does not apply), and none of Stats' packet and NAT
-// counters move. Inbound connections from the tunnel are not touched:
+// connections. A table a crashed run left would redirect the SYNs to a
+// port no one listens on, or that any local user could then take and
+// receive the tunnelled connections. So the table is owned by the
+// Stack's nftables socket (NFT_TABLE_F_OWNER, Linux 5.12+): the kernel
+// deletes it when the process dies, and no other process can change it.
+// On older kernels (logged at New) tun.InstallRouting, which every client
+// start runs on the TUN before its stack (whichever it is), deletes a
+// stale one, and so does New in rewrite mode. Redirect
+// mode needs nf_tables with NAT in the inet family (Linux 5.2) and
+// CAP_NET_ADMIN. Config.MaxFlows bounds its accepted connections (one
+// over the limit is reset: Stats.DropTableFull); none of Stats' other packet
+// and NAT counters move. Inbound connections from the tunnel are not touched:
 // the host's answers to them are not a connection's first packet.
 //
 // It costs less than rewrite mode: BenchmarkKernelTUN (whole local path,

@@ -733,14 +733,14 @@ func testKernelTUNClose(t *testing.T, mode Mode) {
 		}
 		conns = append(conns, c)
 	}
-	if got, want := h.tables(t), mode == ModeRedirect; got[TableName(h.ifName)] != want {
-		t.Errorf("before Close: tables %v; want %s: %v", got, TableName(h.ifName), want)
+	if got, want := h.tables(t), mode == ModeRedirect; got[tun.RedirectTableName(h.ifName)] != want {
+		t.Errorf("before Close: tables %v; want %s: %v", got, tun.RedirectTableName(h.ifName), want)
 	}
 	if err := h.stack.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if got := h.tables(t); got[TableName(h.ifName)] {
-		t.Errorf("after Close: tables %v; want no %s", got, TableName(h.ifName))
+	if got := h.tables(t); got[tun.RedirectTableName(h.ifName)] {
+		t.Errorf("after Close: tables %v; want no %s", got, tun.RedirectTableName(h.ifName))
 	}
 	if err := h.stack.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)

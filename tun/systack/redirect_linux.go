@@ -5,19 +5,23 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
-	"runtime"
 	"sync"
 	"syscall"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/roamvpn/roam/tun"
+	"github.com/roamvpn/roam/tun/internal/nft"
 )
 
 // redirectTable is the nftables table of redirect mode (see the package
-// doc, "Redirect mode"). `nft list table inet roamsys_<tun>` shows it as
+// doc, "Redirect mode"), named tun.RedirectTableName(<tun>).
+// `nft list table inet roamsys_<tun>` shows it as
 //
 //	table inet roamsys_roam0 {
 //		chain output {
@@ -28,60 +32,42 @@ import (
 //	}
 //
 // where L is the listener's port (the IPv6 rule only if it takes IPv6).
+//
+// The table is owned by conn's netlink socket (NFT_TABLE_F_OWNER, Linux
+// 5.12+) when the kernel supports it: the kernel deletes it when the
+// socket closes, so a crashed run leaves none, and no other process can
+// change it meanwhile. On an older kernel (owned false, ownErr says why)
+// a crash leaves it, and tun.InstallRouting, or New in rewrite mode,
+// deletes it at the next start.
 type redirectTable struct {
-	mu    sync.Mutex
-	conn  *nftables.Conn // guarded by mu; nil once deleted
-	table *nftables.Table
+	mu     sync.Mutex
+	conn   *nftables.Conn // guarded by mu; nil once deleted; open as long as the table lives
+	table  *nftables.Table
+	owned  bool
+	ownErr error // why the table is not owned
 }
 
-// TableName returns the name of the nftables table (family inet) that a
-// Stack in redirect mode owns for the TUN ifName: "roamsys_" followed by
-// ifName with every byte outside [A-Za-z0-9_] replaced by '_'. New
-// replaces a table of that name left by a crashed run, and deletes it in
-// rewrite mode.
-func TableName(ifName string) string {
-	b := []byte(ifName)
-	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
-			b[i] = '_'
-		}
-	}
-	return "roamsys_" + string(b)
-}
-
-// newNftConn opens a lasting nftables netlink socket in the calling
-// thread's network namespace: later calls on it (Close from another
-// goroutine, on a thread of another namespace) still reach that one.
-func newNftConn() (*nftables.Conn, error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	conn, err := nftables.New(nftables.AsLasting())
-	if err != nil {
-		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
-	}
-	return conn, nil
-}
-
-// installRedirect creates the table TableName(ifName), replacing one of
-// that name, in one atomic transaction: TCP SYNs (without ACK) that the
-// host's routing sends out of ifName are redirected to port on the
-// loopback address: 127.0.0.1 for IPv4 and, if v6, ::1 for IPv6 (the
-// address the kernel's redirect picks in the OUTPUT hook). It needs
+// installRedirect creates the table tun.RedirectTableName(ifName),
+// replacing one of that name, in one atomic transaction: TCP SYNs (without
+// ACK) that the host's routing sends out of ifName are redirected to port
+// on the loopback address: 127.0.0.1 for IPv4 and, if v6, ::1 for IPv6
+// (the address the kernel's redirect picks in the OUTPUT hook). It needs
 // CAP_NET_ADMIN and nf_tables with NAT in the inet family (Linux 5.2).
 //
 // It is a variable so that the tests can make it fail (auto mode's
 // fallback).
 var installRedirect = func(ifName string, port uint16, v6 bool) (*redirectTable, error) {
-	name := TableName(ifName)
-	conn, err := newNftConn()
+	name := tun.RedirectTableName(ifName)
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: name}
+	conn, owned, ownErr, err := nft.NewOwnedTable(t)
 	if err != nil {
 		return nil, fmt.Errorf("systack: nftables table inet %s: %w", name, err)
 	}
-	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: name}
-	// add; delete; add: an empty table whether or not a crashed run left one.
-	conn.AddTable(t)
-	conn.DelTable(t)
-	conn.AddTable(t)
+	if !owned {
+		// An empty table whether or not a crashed run left one, in the
+		// transaction below.
+		nft.ReplaceTable(conn, t)
+	}
 	accept := nftables.ChainPolicyAccept
 	out := conn.AddChain(&nftables.Chain{
 		Name:     "output",
@@ -99,7 +85,7 @@ var installRedirect = func(ifName string, port uint16, v6 bool) (*redirectTable,
 		conn.CloseLasting()
 		return nil, fmt.Errorf("systack: create nftables table inet %s (needs nf_tables with NAT, Linux 5.2+): %w", name, err)
 	}
-	return &redirectTable{conn: conn, table: t}, nil
+	return &redirectTable{conn: conn, table: t, owned: owned, ownErr: ownErr}, nil
 }
 
 // redirectRule is `oifname <ifName> tcp flags syn / syn,ack fib daddr
@@ -120,28 +106,24 @@ var installRedirect = func(ifName string, port uint16, v6 bool) (*redirectTable,
 // holds them, so without "fib daddr type != local" a local connection to
 // the TUN's own IPv6 address would be redirected too.
 func redirectRule(ifName string, proto byte, port uint16) []expr.Any {
-	name := make([]byte, unix.IFNAMSIZ)
-	copy(name, ifName)
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: name},
+	return append(nft.MatchIfName(expr.MetaKeyOIFNAME, expr.CmpOpEq, ifName),
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{flagSYN | flagACK}, Xor: []byte{0}},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{flagSYN}},
 		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, unix.RTN_LOCAL)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: nft.U32(unix.RTN_LOCAL)},
 		&expr.Ct{Register: 1, Key: expr.CtKeySTATUS},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binary.NativeEndian.AppendUint32(nil, ipsConfirmed), Xor: make([]byte, 4)},
+			Mask: nft.U32(ipsConfirmed), Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: make([]byte, 4)},
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 		&expr.Counter{},
 		&expr.Immediate{Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
 		&expr.Redir{RegisterProtoMin: 1, Flags: unix.NF_NAT_RANGE_PROTO_SPECIFIED},
-	}
+	)
 }
 
 // ipsConfirmed is IPS_CONFIRMED of <linux/netfilter/nf_conntrack_common.h>:
@@ -156,30 +138,23 @@ func (r *redirectTable) delete() error {
 	if r.conn == nil {
 		return nil
 	}
-	r.conn.DelTable(r.table)
-	err := r.conn.Flush()
+	err := nft.DeleteTable(r.conn, r.table)
 	r.conn.CloseLasting()
 	r.conn = nil
-	if err != nil && !errors.Is(err, unix.ENOENT) {
+	if err != nil {
 		return fmt.Errorf("systack: delete nftables table inet %s: %w", r.table.Name, err)
 	}
 	return nil
 }
 
-// deleteStaleTable deletes the table TableName(ifName) if a crashed run
-// in redirect mode left it (rewrite mode runs without it). Without
-// nftables there is nothing to delete: no error.
+// deleteStaleTable deletes the table tun.RedirectTableName(ifName) if a
+// crashed run in redirect mode left it (rewrite mode runs without it).
+// tun.InstallRouting, which the client runs before New, deletes it
+// already; this covers a Stack on a TUN without it. Without nftables
+// there is nothing to delete: no error.
 func deleteStaleTable(ifName string) error {
-	conn, err := newNftConn()
-	if err != nil {
-		return nil
-	}
-	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName(ifName)}
-	conn.DelTable(t)
-	err = conn.Flush()
-	conn.CloseLasting()
-	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EPROTONOSUPPORT) && !errors.Is(err, unix.EPERM) {
-		return fmt.Errorf("systack: delete stale nftables table inet %s: %w", t.Name, err)
+	if err := nft.DeleteStale(tun.RedirectTableName(ifName)); err != nil && !errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("systack: stale table: %w", err)
 	}
 	return nil
 }
@@ -190,8 +165,10 @@ func deleteStaleTable(ifName string) error {
 // loopback address of the packet's family. Other hosts cannot reach them
 // (a loopback address arriving on another interface is a martian), and a
 // local process that connects to one directly has no original destination
-// (see originalDst).
-func loopbackListeners() ([]*net.TCPListener, error) {
+// (see originalDst). A ::1 that cannot be listened on for another reason
+// than its port being taken (no IPv6 on loopback, most often) leaves the
+// Stack IPv4 only, and is logged to log.
+func loopbackListeners(log *slog.Logger) ([]*net.TCPListener, error) {
 	var lc net.ListenConfig
 	var lastErr error
 	for range 8 { // the IPv4 port may be taken on ::1
@@ -206,7 +183,8 @@ func loopbackListeners() ([]*net.TCPListener, error) {
 			return []*net.TCPListener{ln4, l6.(*net.TCPListener)}, nil
 		}
 		if !errors.Is(err, syscall.EADDRINUSE) {
-			return []*net.TCPListener{ln4}, nil // no IPv6 on loopback
+			log.Warn("system stack: no listener on ::1, redirecting IPv4 only (IPv6 TCP into the TUN passes to the tunnel as packets)", "err", err)
+			return []*net.TCPListener{ln4}, nil
 		}
 		ln4.Close()
 		lastErr = err
@@ -220,9 +198,10 @@ func loopbackListeners() ([]*net.TCPListener, error) {
 const ip6tSOOriginalDst = 80
 
 // originalDst returns the destination the application connected to,
-// before the redirect: SO_ORIGINAL_DST (IPv4, also on the dual-stack
-// listener's v4-mapped connections) or IP6T_SO_ORIGINAL_DST (IPv6), which
-// read the connection's conntrack entry. A connection that was not
+// before the redirect: SO_ORIGINAL_DST for a connection of the IPv4
+// listener, IP6T_SO_ORIGINAL_DST for one of the IPv6 listener (a
+// separate, IPv6-only socket: no v4-mapped connections), which read the
+// connection's conntrack entry. A connection that was not
 // redirected (a local process that dialed the listener itself) has no
 // NAT, so its original destination is the connection's own local address:
 // ok is false then, and when conntrack has no entry for it.

@@ -22,8 +22,10 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/roamvpn/roam/datagram"
+	"github.com/roamvpn/roam/tun"
 	"github.com/roamvpn/roam/tunnel/flow"
 	"github.com/roamvpn/roam/tunnel/flow/flowtest"
 )
@@ -56,7 +58,7 @@ func (h *kernelHarness) tables(tb testing.TB) map[string]bool {
 // port it redirects to and its counter's packets.
 func (h *kernelHarness) redirectRules(tb testing.TB) (ports []uint16, packets uint64) {
 	tb.Helper()
-	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName(h.ifName)}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: tun.RedirectTableName(h.ifName)}
 	rules, err := h.nft(tb).GetRules(t, &nftables.Chain{Name: "output", Table: t})
 	if err != nil {
 		tb.Fatalf("rules of %s: %v", t.Name, err)
@@ -112,6 +114,65 @@ func pingEcho(tb testing.TB, c *net.TCPConn) {
 	}
 }
 
+// leaveStaleTable creates, in the calling thread's namespace, the
+// redirect table for ifName (redirecting to port) without an owner, as
+// a crashed run on a kernel without NFT_TABLE_F_OWNER leaves it.
+func leaveStaleTable(tb testing.TB, ifName string, port uint16) {
+	tb.Helper()
+	c, err := nftables.New()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: tun.RedirectTableName(ifName)})
+	ch := c.AddChain(&nftables.Chain{Name: "output", Table: t, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest})
+	for _, proto := range []byte{unix.NFPROTO_IPV4, unix.NFPROTO_IPV6} {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: redirectRule(ifName, proto, port)})
+	}
+	if err := c.Flush(); err != nil {
+		tb.Fatalf("stale table: %v", err)
+	}
+}
+
+// TestKernelTUNRedirectOwnedTable: redirect mode's table belongs to the
+// Stack's nftables socket (NFT_TABLE_F_OWNER): another socket cannot
+// delete it, and the kernel deletes it when the socket closes, as when
+// the process dies, so a crash leaves no redirect to a dead port.
+func TestKernelTUNRedirectOwnedTable(t *testing.T) {
+	var r *redirectTable
+	h := newKernelHarnessOpts(t, Config{Mode: ModeRewrite, Connect: echoConnect("127.0.0.1:1", nil)}, harnessOpts{
+		beforeNew: func(ifName string) {
+			var err error
+			if r, err = installRedirect(ifName, 1, true); err != nil {
+				t.Fatal(err)
+			}
+		},
+	})
+	name := tun.RedirectTableName(h.ifName)
+	if !r.owned {
+		if errors.Is(r.ownErr, unix.EOPNOTSUPP) {
+			t.Skipf("the kernel cannot own tables (Linux 5.12+): %v", r.ownErr)
+		}
+		t.Fatalf("table not owned: %v", r.ownErr)
+	}
+	// New in rewrite mode tried to delete it as stale, and could not.
+	if got := h.tables(t); !got[name] {
+		t.Fatalf("tables %v: want the owned %s", got, name)
+	}
+	c := h.nft(t)
+	c.DelTable(r.table)
+	if err := c.Flush(); !errors.Is(err, unix.EPERM) {
+		t.Errorf("another socket deleting the owned table: %v; want EPERM", err)
+	}
+	r.mu.Lock()
+	r.conn.CloseLasting() // as the process dying would
+	r.conn = nil
+	r.mu.Unlock()
+	if got := h.tables(t); got[name] {
+		t.Errorf("tables %v: %s outlived its socket", got, name)
+	}
+}
+
 // TestKernelTUNStaleTable: a table of the Stack's name left by a crashed
 // run (here: redirecting to port 1, where nothing listens) is replaced by
 // New in redirect mode (its rules then point at the listeners) and deleted
@@ -120,15 +181,7 @@ func TestKernelTUNStaleTable(t *testing.T) {
 	forModes(t, func(t *testing.T, mode Mode) {
 		echo := listenLoopback(t, func(c *net.TCPConn) { io.Copy(c, c) })
 		h := newKernelHarnessOpts(t, Config{Mode: mode, Connect: echoConnect(echo, nil)}, harnessOpts{
-			beforeNew: func(ifName string) {
-				r, err := installRedirect(ifName, 1, true)
-				if err != nil {
-					t.Fatalf("stale table: %v", err)
-				}
-				r.mu.Lock()
-				r.conn.CloseLasting() // as a crash would: the table stays
-				r.mu.Unlock()
-			},
+			beforeNew: func(ifName string) { leaveStaleTable(t, ifName, 1) },
 		})
 		switch mode {
 		case ModeRedirect:
@@ -137,8 +190,8 @@ func TestKernelTUNStaleTable(t *testing.T) {
 				t.Errorf("table redirects to %v; want the listener's %d (IPv4, IPv6)", ports, p)
 			}
 		case ModeRewrite:
-			if got := h.tables(t); got[TableName(h.ifName)] {
-				t.Errorf("tables %v: the stale %s is still there", got, TableName(h.ifName))
+			if got := h.tables(t); got[tun.RedirectTableName(h.ifName)] {
+				t.Errorf("tables %v: the stale %s is still there", got, tun.RedirectTableName(h.ifName))
 			}
 		}
 		for _, remote := range []netip.Addr{remote4, remote6} {
@@ -150,6 +203,56 @@ func TestKernelTUNStaleTable(t *testing.T) {
 			c.Close()
 		}
 	})
+}
+
+// TestKernelTUNRedirectMaxFlows: in redirect mode Config.MaxFlows bounds
+// the connections the Stack serves (the kernel has completed their
+// handshake: one over the limit is reset and counted, without a Connect),
+// and a flow that ends makes room again.
+func TestKernelTUNRedirectMaxFlows(t *testing.T) {
+	var calls atomic.Int64
+	echo := listenLoopback(t, func(c *net.TCPConn) { io.Copy(c, c) })
+	h := newKernelHarness(t, Config{Mode: ModeRedirect, MaxFlows: 2, Connect: echoConnect(echo, &calls)})
+	dst := netip.AddrPortFrom(remote4, 7)
+	var open []*net.TCPConn
+	for range 2 {
+		c, err := h.dial(t, dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		pingEcho(t, c)
+		open = append(open, c)
+	}
+	for _, remote := range []netip.Addr{remote4, remote6} { // both listeners
+		c, err := h.dial(t, netip.AddrPortFrom(remote, 7))
+		if err == nil {
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err = c.Read(make([]byte, 1))
+			c.Close()
+		}
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("connection to %v over MaxFlows: %v; want ECONNRESET", remote, err)
+		}
+	}
+	if st := h.stack.Stats(); st.DropTableFull != 2 || calls.Load() != 2 {
+		t.Fatalf("DropTableFull %d, %d Connects; want 2, 2", st.DropTableFull, calls.Load())
+	}
+	// One flow ends: a new connection gets its place.
+	open[0].Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for h.stack.cnt.flows.Load() > 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d flows counted 10 s after one ended; want 1", h.stack.cnt.flows.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	c, err := h.dial(t, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pingEcho(t, c)
 }
 
 // TestKernelTUNRedirectDirectDial: in redirect mode, a local process
@@ -232,6 +335,37 @@ func TestKernelTUNAutoFallback(t *testing.T) {
 			},
 		})
 	})
+}
+
+// TestKernelTUNRedirectNoLoopback6: without ::1 (IPv6 disabled on lo)
+// redirect mode runs IPv4 only, and says why in the log.
+func TestKernelTUNRedirectNoLoopback6(t *testing.T) {
+	echo := listenLoopback(t, func(c *net.TCPConn) { io.Copy(c, c) })
+	var logs lockedBuf
+	h := newKernelHarnessOpts(t, Config{
+		Mode:    ModeRedirect,
+		Logger:  slog.New(slog.NewTextHandler(&logs, nil)),
+		Connect: echoConnect(echo, nil),
+	}, harnessOpts{
+		beforeNew: func(string) {
+			// A thread's /proc/sys/net is its own namespace's.
+			if err := os.WriteFile("/proc/sys/net/ipv6/conf/lo/disable_ipv6", []byte("1"), 0); err != nil {
+				t.Fatalf("disable IPv6 on lo: %v", err)
+			}
+		},
+	})
+	if h.stack.v6 || len(h.stack.lns) != 1 {
+		t.Fatalf("v6 %v with %d listeners; want IPv4 only", h.stack.v6, len(h.stack.lns))
+	}
+	if l := logs.String(); !strings.Contains(l, "no listener on ::1") || !strings.Contains(l, "err=") {
+		t.Errorf("logs %q; want the IPv4-only warning and its reason", l)
+	}
+	c, err := h.dial(t, netip.AddrPortFrom(remote4, 7))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pingEcho(t, c)
 }
 
 // TestKernelTUNConnectLimits: in both modes, a Connect that outlives

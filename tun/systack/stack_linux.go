@@ -36,6 +36,7 @@ const closeDrain = time.Second
 type counters struct {
 	opened, refused, unreach, failed, flowErr, unknown atomic.Uint64
 	active, pending                                    atomic.Int64
+	flows                                              atomic.Int64 // redirect mode: accepted connections not yet ended (MaxFlows)
 	up, down                                           atomic.Uint64
 	toLn, toApp, passed, frag, noEntry, full           atomic.Uint64
 	dropSmall, writeErr                                atomic.Uint64
@@ -135,7 +136,7 @@ func New(cfg Config) (*Stack, error) {
 // accept loop, then the nftables table (so that every redirected SYN finds
 // the listener).
 func (s *Stack) startRedirect() error {
-	lns, err := loopbackListeners()
+	lns, err := loopbackListeners(s.log)
 	if err != nil {
 		return err
 	}
@@ -148,9 +149,13 @@ func (s *Stack) startRedirect() error {
 		s.lns, s.redir = nil, nil
 		return err
 	}
+	if !s.redir.owned {
+		s.log.Warn("system stack: the kernel cannot tie the nftables table to this process (NFT_TABLE_F_OWNER, Linux 5.12+): if the process dies, the table stays until the client starts again on this TUN",
+			"nftables_table", "inet "+s.redir.table.Name, "err", s.redir.ownErr)
+	}
 	s.log.Info("system stack started", "mode", s.mode.String(), "interface", s.cfg.IfName,
-		"nftables_table", "inet "+s.redir.table.Name, "listener_port", s.port, "ipv6", s.v6,
-		"max_pending", s.cfg.MaxPending, "connect_timeout", s.cfg.ConnectTimeout)
+		"nftables_table", "inet "+s.redir.table.Name, "nftables_owner", s.redir.owned, "listener_port", s.port, "ipv6", s.v6,
+		"max_pending", s.cfg.MaxPending, "max_flows", s.cfg.MaxFlows, "connect_timeout", s.cfg.ConnectTimeout)
 	return nil
 }
 
@@ -447,8 +452,8 @@ func (s *Stack) Stats() Stats {
 // the applications); in rewrite mode, after a short drain (closeDrain) for
 // a Read in progress to pass the resets on, the device is closed, and
 // blocked and later Reads and Writes return os.ErrClosed. It waits for the Stack's goroutines, is
-// idempotent, and returns the device's Close error, or else the error of
-// deleting the table.
+// idempotent, and returns the device's Close error and the error of
+// deleting the table, joined (both are also logged).
 func (s *Stack) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
@@ -473,10 +478,14 @@ func (s *Stack) Close() error {
 			time.Sleep(time.Millisecond)
 		}
 		s.closed.Store(true)
-		s.closeErr = s.dev.Close()
-		if s.closeErr == nil {
-			s.closeErr = tableErr
+		devErr := s.dev.Close()
+		if tableErr != nil {
+			s.log.Error("system stack: deleting the nftables table failed: it may still redirect TCP into the TUN to a closed port (the next client start on this TUN deletes it)", "err", tableErr)
 		}
+		if devErr != nil {
+			s.log.Warn("system stack: closing the device failed", "err", devErr)
+		}
+		s.closeErr = errors.Join(devErr, tableErr)
 		s.log.Info("system stack stopped", "mode", s.mode.String(), "flows_opened", s.cnt.opened.Load())
 	})
 	return s.closeErr
@@ -501,10 +510,16 @@ func (s *Stack) acceptLoop(ln *net.TCPListener) {
 	defer s.wg.Done()
 	for {
 		c, err := ln.AcceptTCP()
+		if err == nil && !s.takeFlow() {
+			s.cnt.full.Add(1)
+			reset(c)
+			continue
+		}
 		if err == nil {
 			select {
 			case s.sem <- struct{}{}:
 			case <-s.ctx.Done():
+				s.releaseFlow()
 				reset(c)
 				return
 			}
@@ -523,6 +538,7 @@ func (s *Stack) acceptLoop(ln *net.TCPListener) {
 		}
 		if !s.enter() {
 			<-s.sem
+			s.releaseFlow()
 			reset(c)
 			return
 		}
@@ -530,10 +546,33 @@ func (s *Stack) acceptLoop(ln *net.TCPListener) {
 	}
 }
 
+// takeFlow counts an accepted connection against Config.MaxFlows in
+// redirect mode (rewrite mode's NAT table bounds its flows before the
+// listener sees them) and reports whether it is within the limit. Each
+// successful takeFlow is matched by one releaseFlow.
+func (s *Stack) takeFlow() bool {
+	if s.mode != ModeRedirect {
+		return true
+	}
+	if s.cnt.flows.Add(1) > int64(s.cfg.MaxFlows) {
+		s.cnt.flows.Add(-1)
+		return false
+	}
+	return true
+}
+
+// releaseFlow ends what takeFlow counted.
+func (s *Stack) releaseFlow() {
+	if s.mode == ModeRedirect {
+		s.cnt.flows.Add(-1)
+	}
+}
+
 // serve opens the upstream flow of one accepted connection and splices
 // them; it holds a Connect slot until Connect returns.
 func (s *Stack) serve(c *net.TCPConn) {
 	defer s.wg.Done()
+	defer s.releaseFlow() // after the connection is reset or spliced to its end
 	holding := true
 	release := func() {
 		if holding {
