@@ -52,6 +52,27 @@ const (
 	DefaultLeaseGrace = 2 * time.Minute
 )
 
+// clientMaxIncomingUniStreams bounds the unidirectional streams the server
+// may have open towards a client at once. HTTP/3 needs three (control and
+// the two QPACK streams); the client refuses push, and every stream the
+// server opens costs a goroutine until its type has been read (h3Control),
+// so a server that opens streams and never sends their type is held to
+// this many.
+const clientMaxIncomingUniStreams = 16
+
+// clientQUICConfig is the client's QUIC configuration: quicConfig, but the
+// server may open no bidirectional streams (RFC 9114 §6.1: nothing on the
+// client would accept them; quic-go then treats one as a stream limit
+// error) and only a few unidirectional ones.
+func clientQUICConfig() *quic.Config {
+	conf := quicConfig(DefaultKeepAlive)
+	conf.MaxIncomingStreams = -1
+	conf.MaxIncomingUniStreams = clientMaxIncomingUniStreams
+	return conf
+}
+
+// quicConfig is the QUIC configuration both ends start from; the server
+// uses it as is (plus 0-RTT), the client through clientQUICConfig.
 func quicConfig(keepAlive time.Duration) *quic.Config {
 	return &quic.Config{
 		EnableDatagrams:    true,

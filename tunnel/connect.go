@@ -26,6 +26,7 @@ import (
 type link struct {
 	conn   *quic.Conn
 	cc     *http3.ClientConn // opens flow streams
+	ctrl   *h3Control        // reads the server's control stream (SETTINGS, GOAWAY)
 	str    *ipStream         // the CONNECT-IP request stream
 	rd     *capsule.Reader
 	dl     *datagram.Link
@@ -124,6 +125,15 @@ func (l *link) earlierSocket(local netip.Addr) *quic.Transport {
 	return nil
 }
 
+// goingAway returns a channel closed once the server has sent GOAWAY on
+// l's connection (nil, never closed, before the request set it up).
+func (l *link) goingAway() <-chan struct{} {
+	if l.ctrl == nil {
+		return nil
+	}
+	return l.ctrl.goingAway()
+}
+
 // socketCount is the number of sockets l holds.
 func (l *link) socketCount() int {
 	l.mu.Lock()
@@ -164,10 +174,10 @@ func (l *link) close(reason string) {
 // session: request, ADDRESS_REQUEST (want, or "any address" of each family
 // when want is nil), and waits for the answering ADDRESS_ASSIGN and a
 // ROUTE_ADVERTISEMENT. With a session ticket from an earlier connection it
-// resumes with 0-RTT (the request itself leaves with the server's SETTINGS,
-// one round trip in, as the handshake completes: the server would not
-// answer a 0-RTT request earlier anyway); if the server refuses the 0-RTT
-// data (it has other keys now) it dials again.
+// resumes with 0-RTT: the client's HTTP/3 control stream rides in 0-RTT,
+// the request leaves with the server's SETTINGS, one round trip in (see
+// request); if the server refuses the 0-RTT data (it has other keys now)
+// it dials again.
 func (c *Client) connect(ctx context.Context, want []netip.Prefix) (*link, error) {
 	l, err := c.connectOnce(ctx, want)
 	if errors.Is(err, quic.Err0RTTRejected) {
@@ -202,7 +212,7 @@ func (c *Client) connectOnce(ctx context.Context, want []netip.Prefix) (_ *link,
 		return nil, err
 	}
 	l.tr = tr
-	conn, err := tr.DialEarly(ctx, raddr, c.tlsConfig(), quicConfig(DefaultKeepAlive))
+	conn, err := tr.DialEarly(ctx, raddr, c.tlsConfig(), clientQUICConfig())
 	if err != nil {
 		return nil, classifyDialError(c.cfg.Server, err)
 	}
@@ -237,34 +247,42 @@ func addressRequest(want []netip.Prefix) capsule.AddressRequest {
 	return req
 }
 
-// request opens the CONNECT-IP request stream, sends the request and the
-// ADDRESS_REQUEST at once (as soon as the server's SETTINGS have arrived),
-// then checks the server's SETTINGS and response.
+// request waits for the server's SETTINGS, opens the CONNECT-IP request
+// stream, sends the request and the ADDRESS_REQUEST, and reads and checks
+// the response.
+//
+// 0-RTT: of the client's HTTP/3 data only its control stream (with its
+// SETTINGS) can ride in 0-RTT. An Extended CONNECT must wait for the
+// server's SETTINGS (RFC 8441 §3), which come in 1-RTT packets, so the
+// request always leaves once the handshake is done, one round trip in. If
+// the server refused the 0-RTT data, the accept loop of the server's
+// streams ends with quic.Err0RTTRejected before any SETTINGS can arrive,
+// and waitSettings returns it (connect then dials again).
+//
+// Every step that can block is bounded by ctx: writes that wait for
+// stream flow control are reset (RESET_STREAM) and reads cancelled
+// (STOP_SENDING) when ctx ends.
 func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) error {
-	early := true // sending 0-RTT data
-	select {
-	case <-l.conn.HandshakeComplete():
-		early = false
-	default:
-	}
 	// http3 sends the client's SETTINGS (with H3_DATAGRAM) and carries
 	// the flow streams; the server's streams, and with them its SETTINGS,
 	// are the client's own (h3client.go), so that http3 does not take the
 	// connection's datagrams.
 	cc := (&http3.Transport{EnableDatagrams: true}).NewRawClientConn(l.conn)
 	ctrl := startH3Control(l.conn, c.log)
-	qs, err := l.conn.OpenStreamSync(ctx)
-	if err != nil {
-		return fmt.Errorf("opening the request stream: %w", err)
-	}
-	str := newIPStream(l.conn, qs)
-	l.str = str // from here on, link.close cancels it
 	l.cc = cc.ClientConn
-	// An Extended CONNECT waits for the server's SETTINGS (RFC 8441 §3):
-	// the request leaves one round trip in, with 0-RTT as the handshake
-	// completes.
+	l.ctrl = ctrl
 	settings, err := ctrl.waitSettings(ctx)
 	if err != nil {
+		switch {
+		case errors.Is(err, ErrNoDatagrams):
+			return permanent(err)
+		case errors.Is(err, quic.Err0RTTRejected):
+			return err // connect dials again
+		case l.conn.Context().Err() != nil:
+			// The handshake may have failed after DialEarly returned (a
+			// resumed session's pin check): say so, permanent if so.
+			return classifyDialError(c.cfg.Server, context.Cause(l.conn.Context()))
+		}
 		return err
 	}
 	if !settings.datagram {
@@ -272,6 +290,17 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 	} else if !settings.extendedConnect {
 		return permanent(errors.New("server does not support Extended CONNECT (RFC 9220)"))
 	}
+	if !l.conn.ConnectionState().SupportsDatagrams.Remote {
+		// waitSettings has failed the connection already (H3_DATAGRAM
+		// without the QUIC extension); this is the same check.
+		return permanent(ErrNoDatagrams)
+	}
+	qs, err := l.conn.OpenStreamSync(ctx)
+	if err != nil {
+		return fmt.Errorf("opening the request stream: %w", err)
+	}
+	str := newIPStream(l.conn, qs)
+	l.str = str // from here on, link.close cancels it
 	authority := c.cfg.Server
 	header := http.Header{
 		"Authorization":    {"Bearer " + c.cfg.Token},
@@ -280,46 +309,41 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 	if !c.cfg.FEC.Off() && fec.Supported {
 		header.Set(FECHeader, c.cfg.FEC.String())
 	}
-	if err := str.sendRequest("connect-ip", authority, WellKnownPath+"*/*/", header); err != nil {
-		return fmt.Errorf("sending the CONNECT-IP request: %w", err)
-	}
 	ar := addressRequest(want)
-	b, err := ar.Append(nil)
-	if err == nil {
-		_, err = str.Write(b)
-	}
+	capsules, err := ar.Append(nil)
 	if err != nil {
 		return fmt.Errorf("sending ADDRESS_REQUEST: %w", err)
 	}
-
-	if early {
-		select {
-		case <-l.conn.HandshakeComplete():
-		case <-ctx.Done():
-			return fmt.Errorf("handshake: %w", context.Cause(ctx))
-		}
-		if err := l.conn.Context().Err(); err != nil {
-			return classifyDialError(c.cfg.Server, context.Cause(l.conn.Context()))
-		}
-		if !l.conn.ConnectionState().Used0RTT {
-			// Everything sent so far (HTTP/3 control stream, request)
-			// is void.
-			return quic.Err0RTTRejected
-		}
-	}
-	stop := context.AfterFunc(ctx, func() { str.CancelRead(errCodeRequestCancelled) })
-	resp, err := str.readResponse()
-	stop()
-	if err != nil {
+	// The writes can block on stream flow control (a server that grants
+	// no credit): reset the stream when ctx ends. The reads below are
+	// cancelled with STOP_SENDING.
+	stop := context.AfterFunc(ctx, func() {
+		str.CancelWrite(errCodeRequestCancelled)
+		str.CancelRead(errCodeRequestCancelled)
+	})
+	defer stop()
+	bounded := func(what string, err error) error {
 		if ctx.Err() != nil {
-			return fmt.Errorf("waiting for the CONNECT-IP response: %w", context.Cause(ctx))
+			return fmt.Errorf("%s: %w", what, context.Cause(ctx))
 		}
-		return fmt.Errorf("reading the CONNECT-IP response: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if err := str.sendRequest("connect-ip", authority, WellKnownPath+"*/*/", header); err != nil {
+		return bounded("sending the CONNECT-IP request", err)
+	}
+	if _, err := str.Write(capsules); err != nil {
+		return bounded("sending ADDRESS_REQUEST", err)
+	}
+	resp, err := str.readResponse()
+	if err != nil {
+		return bounded("reading the CONNECT-IP response", err)
 	}
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 		return permanent(ErrAuthFailed)
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
+		// Still under stop: a server that answers and leaves the stream
+		// open cannot hold the attempt past ctx.
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
 		err := &StatusError{StatusCode: resp.StatusCode, Status: resp.Status, Reason: strings.TrimSpace(string(body))}
 		if resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != http.StatusRequestTimeout && resp.StatusCode != http.StatusTooManyRequests {
@@ -327,8 +351,9 @@ func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) erro
 		}
 		return err
 	}
-	if !l.conn.ConnectionState().SupportsDatagrams.Remote {
-		return permanent(ErrNoDatagrams)
+	if !stop() {
+		// ctx ended as the response came: the stream is reset.
+		return fmt.Errorf("reading the CONNECT-IP response: %w", context.Cause(ctx))
 	}
 	l.rd = capsule.NewReader(str)
 	if !c.cfg.FEC.Off() && resp.Header.Get(FECHeader) != "" {

@@ -279,8 +279,11 @@ func (h h3FlowReply) accept() (flow.Stream, error) {
 
 // openFlow is the client's side of a flow: it opens a CONNECT request
 // stream to dst on the current connection (waiting while the client
-// reconnects) and returns it once the server has dialed, or a *flow.Error
-// that tells the caller which local outcome to give the application.
+// reconnects, or moves to a new connection after the server's GOAWAY) and
+// returns it once the server has dialed, or a *flow.Error that tells the
+// caller which local outcome to give the application. On a connection
+// whose server has sent GOAWAY it opens nothing: Kind Other (a TCP reset)
+// wrapping errGoaway.
 func (s *supervisor) openFlow(ctx context.Context, src, dst netip.AddrPort) (flow.Stream, error) {
 	if !s.state.Load().routes.allows(dst.Addr(), 6) {
 		return nil, &flow.Error{Kind: flow.Prohibited, Dst: dst.String(), Err: errors.New("outside the server's routes")}
@@ -295,6 +298,15 @@ func (s *supervisor) openFlow(ctx context.Context, src, dst netip.AddrPort) (flo
 		case <-ctx.Done():
 			return nil, &flow.Error{Kind: flow.Timeout, Dst: dst.String(), Err: errors.New("no connection to the server")}
 		}
+	}
+	select {
+	case <-l.goingAway():
+		// RFC 9114 §5.2: no new requests after GOAWAY. The supervisor
+		// is moving the tunnel to a new connection (and clears cur
+		// meanwhile); a flow that finds this one fails at once: the
+		// application gets a reset and can retry.
+		return nil, &flow.Error{Kind: flow.Other, Dst: dst.String(), Err: errGoaway}
+	default:
 	}
 	str, err := l.cc.OpenRequestStream(ctx)
 	if err != nil {

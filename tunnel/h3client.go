@@ -36,6 +36,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/quic-go/quicvarint"
+	"golang.org/x/net/http/httpguts"
 )
 
 // HTTP/3 frame and stream types (RFC 9114 §7.2, §6.2) and settings.
@@ -64,6 +65,13 @@ const (
 	h3Max1xx = 5
 )
 
+// h3FrameHTTP2Only reports the frame types reserved for HTTP/2 frames
+// that have no HTTP/3 counterpart (PRIORITY, PING, WINDOW_UPDATE,
+// CONTINUATION): receiving one is H3_FRAME_UNEXPECTED (RFC 9114 §7.2.8).
+func h3FrameHTTP2Only(typ uint64) bool {
+	return typ == 0x2 || typ == 0x6 || typ == 0x8 || typ == 0x9
+}
+
 // h3Settings are the server's HTTP/3 settings the client cares about.
 type h3Settings struct {
 	datagram        bool // SETTINGS_H3_DATAGRAM = 1
@@ -79,20 +87,22 @@ type h3Control struct {
 	conn *quic.Conn
 	log  *slog.Logger
 
-	settingsDone chan struct{} // closed once settings is set
+	settingsDone chan struct{} // closed once settings (or settingsErr) is set
 	settings     h3Settings
+	settingsErr  error         // SETTINGS this client cannot use (the connection is failed)
 	acceptDone   chan struct{} // closed when the accept loop ends, after acceptErr is set
 	acceptErr    error
 
 	control, qpackEnc, qpackDec atomic.Bool // seen one already
 
-	goawayMu sync.Mutex
-	goaway   int64 // the lowest GOAWAY stream ID so far; -1 before one
+	goawayMu   sync.Mutex
+	goaway     int64         // guarded by goawayMu: the lowest GOAWAY stream ID so far; -1 before one
+	goawayDone chan struct{} // closed at the first GOAWAY
 }
 
 // startH3Control starts reading conn's unidirectional streams.
 func startH3Control(conn *quic.Conn, log *slog.Logger) *h3Control {
-	c := &h3Control{conn: conn, log: log, settingsDone: make(chan struct{}), acceptDone: make(chan struct{}), goaway: -1}
+	c := &h3Control{conn: conn, log: log, settingsDone: make(chan struct{}), acceptDone: make(chan struct{}), goaway: -1, goawayDone: make(chan struct{})}
 	go func() {
 		defer close(c.acceptDone)
 		for {
@@ -138,17 +148,27 @@ func (c *h3Control) handle(str *quic.ReceiveStream) {
 		// The client allows no dynamic table (its SETTINGS leave
 		// QPACK_MAX_TABLE_CAPACITY at 0): nothing here is of use.
 		if first(&c.qpackEnc, "QPACK encoder") {
-			io.Copy(io.Discard, str)
+			c.readCritical(str, "QPACK encoder")
 		}
 	case h3StreamQPACKDecoder:
 		if first(&c.qpackDec, "QPACK decoder") {
-			io.Copy(io.Discard, str)
+			c.readCritical(str, "QPACK decoder")
 		}
 	case h3StreamPush:
 		// The client never sends MAX_PUSH_ID (RFC 9114 §4.6).
 		c.fail(http3.ErrCodeIDError, "push stream without MAX_PUSH_ID")
 	default:
 		str.CancelRead(quic.StreamErrorCode(http3.ErrCodeStreamCreationError))
+	}
+}
+
+// readCritical discards a QPACK stream's bytes until it ends. Its end is
+// H3_CLOSED_CRITICAL_STREAM (RFC 9204 §4.2), unless the connection is
+// ending anyway.
+func (c *h3Control) readCritical(str *quic.ReceiveStream, what string) {
+	io.Copy(io.Discard, str)
+	if c.conn.Context().Err() == nil {
+		c.fail(http3.ErrCodeClosedCriticalStream, what+" stream ended")
 	}
 }
 
@@ -184,6 +204,14 @@ func (c *h3Control) readControl(str *quic.ReceiveStream) {
 		c.fail(http3.ErrCodeSettingsError, err.Error())
 		return
 	}
+	if s.datagram && !c.conn.ConnectionState().SupportsDatagrams.Remote {
+		// RFC 9297 §2.1.1: H3_DATAGRAM=1 without the QUIC DATAGRAM
+		// extension (max_datagram_frame_size) is H3_SETTINGS_ERROR.
+		c.settingsErr = fmt.Errorf("%w: the server's SETTINGS announce H3_DATAGRAM, but its QUIC transport parameters do not allow datagrams", ErrNoDatagrams)
+		close(c.settingsDone)
+		c.fail(http3.ErrCodeSettingsError, "H3_DATAGRAM without QUIC datagrams")
+		return
+	}
 	c.settings = s
 	close(c.settingsDone)
 	for {
@@ -203,7 +231,12 @@ func (c *h3Control) readControl(str *quic.ReceiveStream) {
 		case h3FrameCancelPush:
 			c.fail(http3.ErrCodeIDError, "CANCEL_PUSH without MAX_PUSH_ID")
 			return
-		default: // unknown and reserved types are skipped (RFC 9114 §9)
+		default:
+			if h3FrameHTTP2Only(typ) {
+				c.fail(http3.ErrCodeFrameUnexpected, fmt.Sprintf("HTTP/2 frame type %#x on the control stream", typ))
+				return
+			}
+			// Unknown and reserved types are skipped (RFC 9114 §9).
 			if _, err := io.CopyN(io.Discard, r, int64(n)); err != nil {
 				criticalErr(err)
 				return
@@ -213,9 +246,12 @@ func (c *h3Control) readControl(str *quic.ReceiveStream) {
 }
 
 // readGoaway reads a GOAWAY frame's payload of length n and checks it
-// (RFC 9114 §5.2). The client only logs it: the CONNECT-IP session lasts
-// until the server ends the connection, and new flow streams would be
-// refused by the server (H3_REQUEST_REJECTED, a flow error).
+// (RFC 9114 §5.2). The first one closes goingAway: the client opens no
+// new request streams on the connection from then on (openFlow fails
+// them), and its supervisor moves the tunnel to a new connection while
+// this one still carries it (see supervisor.serve). Requests already
+// open, the CONNECT-IP session among them, go on until the server ends
+// them.
 func (c *h3Control) readGoaway(r quicvarint.Reader, n uint64) bool {
 	if n == 0 || n > 8 {
 		c.fail(http3.ErrCodeFrameError, "malformed GOAWAY frame")
@@ -237,20 +273,34 @@ func (c *h3Control) readGoaway(r quicvarint.Reader, n uint64) bool {
 		c.fail(http3.ErrCodeIDError, "invalid GOAWAY stream ID")
 		return false
 	}
+	if c.goaway < 0 {
+		close(c.goawayDone)
+	}
 	c.goaway = int64(id)
 	c.log.Debug("the server sent GOAWAY", "stream_id", id)
 	return true
 }
 
-// waitSettings waits for the server's SETTINGS.
+// goingAway returns a channel closed once the server has sent GOAWAY
+// (RFC 9114 §5.2): the client must open no new requests on the
+// connection.
+func (c *h3Control) goingAway() <-chan struct{} { return c.goawayDone }
+
+// errGoaway is the error of a request the client does not open because
+// the server sent GOAWAY.
+var errGoaway = errors.New("the server is closing this connection (HTTP/3 GOAWAY); no new requests on it")
+
+// waitSettings waits for the server's SETTINGS. SETTINGS the client
+// cannot use (H3_DATAGRAM without QUIC datagrams) are an error wrapping
+// ErrNoDatagrams.
 func (c *h3Control) waitSettings(ctx context.Context) (h3Settings, error) {
 	select {
 	case <-c.settingsDone:
-		return c.settings, nil
+		return c.settings, c.settingsErr
 	case <-c.acceptDone:
 		select {
 		case <-c.settingsDone: // came before the connection ended
-			return c.settings, nil
+			return c.settings, c.settingsErr
 		default:
 		}
 		return h3Settings{}, fmt.Errorf("waiting for the server's HTTP/3 SETTINGS: %w", c.acceptErr)
@@ -393,10 +443,17 @@ func (s *ipStream) readResponse() (*http.Response, error) {
 		}
 		switch typ {
 		case h3FrameHeaders:
-		case h3FrameData, h3FrameSettings, h3FrameGoaway, h3FrameMaxPushID, h3FrameCancelPush, h3FramePushPromise:
+		case h3FramePushPromise:
+			s.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeIDError), "PUSH_PROMISE without MAX_PUSH_ID")
+			return nil, errors.New("reading the response: PUSH_PROMISE, but the client allows no push")
+		case h3FrameData, h3FrameSettings, h3FrameGoaway, h3FrameMaxPushID, h3FrameCancelPush:
 			s.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeFrameUnexpected), "")
 			return nil, fmt.Errorf("reading the response: unexpected frame type %#x before the response", typ)
 		default:
+			if h3FrameHTTP2Only(typ) {
+				s.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeFrameUnexpected), "")
+				return nil, fmt.Errorf("reading the response: HTTP/2 frame type %#x on the request stream", typ)
+			}
 			if _, err := io.CopyN(io.Discard, s.r, int64(n)); err != nil {
 				return nil, fmt.Errorf("reading the response: %w", err)
 			}
@@ -411,7 +468,15 @@ func (s *ipStream) readResponse() (*http.Response, error) {
 		}
 		resp, err := parseH3Response(b)
 		if err != nil {
-			s.str.CancelRead(quic.StreamErrorCode(http3.ErrCodeMessageError))
+			var qe *qpackError
+			if errors.As(err, &qe) {
+				// RFC 9204 §2.2.3: a block that cannot be decoded fails
+				// the connection.
+				s.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeQPACKDecompressionFailed), "")
+			} else {
+				// Malformed (RFC 9114 §4.1.2): a stream error.
+				s.str.CancelRead(quic.StreamErrorCode(http3.ErrCodeMessageError))
+			}
 			return nil, fmt.Errorf("reading the response: %w", err)
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 {
@@ -426,7 +491,15 @@ func (s *ipStream) readResponse() (*http.Response, error) {
 	}
 }
 
-// parseH3Response decodes a response header block.
+// qpackError is a header block that QPACK cannot decode.
+type qpackError struct{ err error }
+
+func (e *qpackError) Error() string { return "QPACK: " + e.err.Error() }
+func (e *qpackError) Unwrap() error { return e.err }
+
+// parseH3Response decodes a response header block. A block QPACK cannot
+// decode is a *qpackError; a malformed response (RFC 9114 §4.1.2, §4.2,
+// §4.3.2) another error.
 func parseH3Response(b []byte) (*http.Response, error) {
 	resp := &http.Response{Proto: "HTTP/3.0", ProtoMajor: 3, Header: http.Header{}}
 	dec := qpack.NewDecoder().Decode(b)
@@ -437,9 +510,12 @@ func parseH3Response(b []byte) (*http.Response, error) {
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("QPACK: %w", err)
+			return nil, &qpackError{err}
 		}
 		if !f.IsPseudo() {
+			if err := checkH3Field(f.Name, f.Value); err != nil {
+				return nil, fmt.Errorf("malformed response: %w", err)
+			}
 			regular = true
 			resp.Header.Add(f.Name, f.Value)
 			continue
@@ -458,6 +534,29 @@ func parseH3Response(b []byte) (*http.Response, error) {
 		return nil, errors.New("malformed response: no :status")
 	}
 	return resp, nil
+}
+
+// checkH3Field checks a regular response field (RFC 9114 §4.2): a valid
+// lowercase name, a valid value, and no connection-specific field.
+func checkH3Field(name, value string) error {
+	if !httpguts.ValidHeaderFieldName(name) {
+		return fmt.Errorf("invalid field name %q", name)
+	}
+	if strings.ToLower(name) != name {
+		return fmt.Errorf("field name %q has uppercase characters", name)
+	}
+	if !httpguts.ValidHeaderFieldValue(value) {
+		return fmt.Errorf("field %s: invalid value", name)
+	}
+	switch name {
+	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+		return fmt.Errorf("connection-specific field %q", name)
+	case "te":
+		if value != "trailers" {
+			return fmt.Errorf("field te: %q (only \"trailers\" is allowed)", value)
+		}
+	}
+	return nil
 }
 
 // Read reads the payload of the DATA frames, skipping unknown frames.
@@ -482,17 +581,35 @@ func (s *ipStream) Read(p []byte) (int, error) {
 				s.rerr = errors.New("HEADERS frame on a CONNECT stream")
 				return 0, s.rerr
 			}
-			// Trailers of a refusal: the end of the body.
-			if _, err := io.CopyN(io.Discard, s.r, int64(min(n, h3MaxHeadersLen))); err != nil {
+			// Trailers of a refusal: the end of the body. They are not
+			// read; too large ones end the stream (STOP_SENDING).
+			if n > h3MaxHeadersLen {
+				s.str.CancelRead(quic.StreamErrorCode(http3.ErrCodeExcessiveLoad))
+				s.rerr = fmt.Errorf("trailers of %d bytes exceed %d", n, h3MaxHeadersLen)
+				return 0, s.rerr
+			}
+			if _, err := io.CopyN(io.Discard, s.r, int64(n)); err != nil {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
 				s.rerr = err
 				return 0, err
 			}
 			s.rerr = io.EOF
-		case h3FrameSettings, h3FrameGoaway, h3FrameMaxPushID, h3FrameCancelPush, h3FramePushPromise:
+		case h3FramePushPromise:
+			s.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeIDError), "PUSH_PROMISE without MAX_PUSH_ID")
+			s.rerr = errors.New("PUSH_PROMISE on the request stream, but the client allows no push")
+			return 0, s.rerr
+		case h3FrameSettings, h3FrameGoaway, h3FrameMaxPushID, h3FrameCancelPush:
 			s.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeFrameUnexpected), "")
 			s.rerr = fmt.Errorf("unexpected frame type %#x on the request stream", typ)
 			return 0, s.rerr
 		default:
+			if h3FrameHTTP2Only(typ) {
+				s.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeFrameUnexpected), "")
+				s.rerr = fmt.Errorf("HTTP/2 frame type %#x on the request stream", typ)
+				return 0, s.rerr
+			}
 			if _, err := io.CopyN(io.Discard, s.r, int64(n)); err != nil {
 				s.rerr = err
 				return 0, err

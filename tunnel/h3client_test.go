@@ -24,6 +24,7 @@ import (
 	"github.com/roamvpn/roam/auth"
 	"github.com/roamvpn/roam/datagram"
 	"github.com/roamvpn/roam/tunnel/capsule"
+	"github.com/roamvpn/roam/tunnel/flow"
 )
 
 // testCertPin returns a fresh self-signed certificate and its pin.
@@ -65,9 +66,22 @@ func startStockCONNECTIPServer(t *testing.T) (addr string, pin [32]byte, session
 	if err != nil {
 		t.Fatal(err)
 	}
-	type connKey struct{}
 	ch := make(chan ipSession, 4)
-	srv := &http3.Server{
+	srv := stockCONNECTIPServer(t, cert, ch)
+	go srv.Serve(pc)
+	t.Cleanup(func() { srv.Close(); pc.Close() })
+	return pc.LocalAddr().String(), pin, ch
+}
+
+// stockConnKey is the request context key of the QUIC connection in
+// stockCONNECTIPServer.
+type stockConnKey struct{}
+
+// stockCONNECTIPServer is startStockCONNECTIPServer's http3.Server, not
+// started: it hands each session to ch.
+func stockCONNECTIPServer(t *testing.T, cert tls.Certificate, ch chan<- ipSession) *http3.Server {
+	type connKey = stockConnKey
+	return &http3.Server{
 		TLSConfig:       http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{cert}}),
 		QUICConfig:      quicConfig(DefaultKeepAlive),
 		EnableDatagrams: true, // and Extended CONNECT, which http3.Server always enables
@@ -103,9 +117,6 @@ func startStockCONNECTIPServer(t *testing.T) (addr string, pin [32]byte, session
 			io.Copy(io.Discard, str) // until the client goes
 		}),
 	}
-	go srv.Serve(pc)
-	t.Cleanup(func() { srv.Close(); pc.Close() })
-	return pc.LocalAddr().String(), pin, ch
 }
 
 // recordingDevice passes packets written to it to a channel.
@@ -226,9 +237,15 @@ func TestClientDatagramReceivePath(t *testing.T) {
 // quicPair returns the two ends of a QUIC connection on loopback with
 // ALPN h3; the server's end is accepted in the background.
 func quicPair(t *testing.T) (client, server *quic.Conn) {
+	return quicPairWith(t, quicConfig(DefaultKeepAlive))
+}
+
+// quicPairWith is quicPair with the server's QUIC configuration; the
+// client's is clientQUICConfig.
+func quicPairWith(t *testing.T, serverConf *quic.Config) (client, server *quic.Conn) {
 	t.Helper()
 	cert, pin := testCertPin(t)
-	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http3.NextProtoH3}}, quicConfig(DefaultKeepAlive))
+	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http3.NextProtoH3}}, serverConf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +260,7 @@ func quicPair(t *testing.T) (client, server *quic.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c := &Client{cfg: ClientConfig{Server: ln.Addr().String(), Pin: &pin}}
-	client, err = quic.DialAddr(ctx, ln.Addr().String(), c.tlsConfig(), quicConfig(DefaultKeepAlive))
+	client, err = quic.DialAddr(ctx, ln.Addr().String(), c.tlsConfig(), clientQUICConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +309,7 @@ func TestH3Control(t *testing.T) {
 	cases := []struct {
 		name    string
 		streams [][]byte // each a unidirectional stream's bytes
-		fin     bool     // end the streams after writing
+		fin     bool     // end the last stream after writing
 		code    http3.ErrCode
 	}{
 		{"ok", [][]byte{append(append(append(quicvarint.Append(nil, h3StreamControl), goodSettings...),
@@ -310,18 +327,22 @@ func TestH3Control(t *testing.T) {
 			h3Frame(h3FrameGoaway, quicvarint.Append(nil, 4))...), h3Frame(h3FrameGoaway, quicvarint.Append(nil, 8))...)}, false, http3.ErrCodeIDError},
 		{"two control streams", [][]byte{append(quicvarint.Append(nil, h3StreamControl), goodSettings...), {h3StreamControl}}, false, http3.ErrCodeStreamCreationError},
 		{"push stream", [][]byte{{h3StreamPush, 0}}, false, http3.ErrCodeIDError},
+		{"HTTP/2 PING on the control stream", [][]byte{append(append(quicvarint.Append(nil, h3StreamControl), goodSettings...), h3Frame(0x6, make([]byte, 8))...)}, false, http3.ErrCodeFrameUnexpected},
+		{"HTTP/2 WINDOW_UPDATE on the control stream", [][]byte{append(append(quicvarint.Append(nil, h3StreamControl), goodSettings...), h3Frame(0x8, make([]byte, 4))...)}, false, http3.ErrCodeFrameUnexpected},
+		{"QPACK encoder stream ends", [][]byte{append(quicvarint.Append(nil, h3StreamControl), goodSettings...), {h3StreamQPACKEncoder}}, true, http3.ErrCodeClosedCriticalStream},
+		{"QPACK decoder stream ends", [][]byte{append(quicvarint.Append(nil, h3StreamControl), goodSettings...), {h3StreamQPACKDecoder}}, true, http3.ErrCodeClosedCriticalStream},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			client, server := quicPair(t)
 			ctrl := startH3Control(client, testLogger(t))
-			for _, b := range tc.streams {
+			for i, b := range tc.streams {
 				str, err := server.OpenUniStream()
 				if err != nil {
 					t.Fatal(err)
 				}
 				str.Write(b)
-				if tc.fin {
+				if tc.fin && i == len(tc.streams)-1 {
 					str.Close()
 				}
 				time.Sleep(10 * time.Millisecond) // in this order
@@ -336,6 +357,11 @@ func TestH3Control(t *testing.T) {
 				time.Sleep(100 * time.Millisecond)
 				if err := context.Cause(client.Context()); err != nil {
 					t.Fatalf("connection closed: %v", err)
+				}
+				select {
+				case <-ctrl.goingAway():
+				default:
+					t.Fatal("GOAWAY did not close goingAway")
 				}
 				return
 			}
@@ -435,6 +461,12 @@ func TestIPStream(t *testing.T) {
 			t.Fatalf("got %+v", res)
 		}
 	})
+	t.Run("te trailers", func(t *testing.T) {
+		res, _ := run(t, h3Frame(h3FrameHeaders, headersPayload(t, ":status", "200", "te", "trailers")), nil)
+		if res.err != nil || res.resp.StatusCode != 200 {
+			t.Fatalf("got %+v", res)
+		}
+	})
 	t.Run("refused with trailers", func(t *testing.T) {
 		res, _ := run(t, h3Frame(h3FrameHeaders, headersPayload(t, ":status", "403")), h3Frame(h3FrameData, []byte("no")),
 			h3Frame(h3FrameHeaders, headersPayload(t, "x-trailer", "1")))
@@ -462,7 +494,19 @@ func TestIPStream(t *testing.T) {
 		{"request pseudo-header", [][]byte{h3Frame(h3FrameHeaders, headersPayload(t, ":status", "200", ":path", "/"))}, 0},
 		{"101", [][]byte{h3Frame(h3FrameHeaders, headersPayload(t, ":status", "101"))}, 0},
 		{"too many 1xx", [][]byte{bytes.Repeat(h3Frame(h3FrameHeaders, headersPayload(t, ":status", "100")), 6), ok}, 0},
-		{"bad QPACK", [][]byte{h3Frame(h3FrameHeaders, []byte{0, 0, 0xff})}, 0},
+		{"bad QPACK", [][]byte{h3Frame(h3FrameHeaders, []byte{0, 0, 0xff})}, http3.ErrCodeQPACKDecompressionFailed},
+		{"HTTP/2 PRIORITY before the response", [][]byte{h3Frame(0x2, []byte{1, 2, 3, 4, 5})}, http3.ErrCodeFrameUnexpected},
+		{"HTTP/2 CONTINUATION in the body", [][]byte{ok, h3Frame(0x9, []byte{1})}, http3.ErrCodeFrameUnexpected},
+		{"PUSH_PROMISE before the response", [][]byte{h3Frame(h3FramePushPromise, []byte{0})}, http3.ErrCodeIDError},
+		{"PUSH_PROMISE in the body", [][]byte{ok, h3Frame(h3FramePushPromise, []byte{0})}, http3.ErrCodeIDError},
+		{"uppercase field name", [][]byte{h3Frame(h3FrameHeaders, headersPayload(t, ":status", "200", "Capsule-Protocol", "?1"))}, 0},
+		{"connection field", [][]byte{h3Frame(h3FrameHeaders, headersPayload(t, ":status", "200", "connection", "close"))}, 0},
+		{"transfer-encoding field", [][]byte{h3Frame(h3FrameHeaders, headersPayload(t, ":status", "200", "transfer-encoding", "chunked"))}, 0},
+		{"te other than trailers", [][]byte{h3Frame(h3FrameHeaders, headersPayload(t, ":status", "200", "te", "gzip"))}, 0},
+		{"invalid field name", [][]byte{h3Frame(h3FrameHeaders, headersPayload(t, ":status", "200", "a b", "1"))}, 0},
+		{"invalid field value", [][]byte{h3Frame(h3FrameHeaders, headersPayload(t, ":status", "200", "x", "a\x00b"))}, 0},
+		{"oversized trailers", [][]byte{h3Frame(h3FrameHeaders, headersPayload(t, ":status", "500")), h3Frame(h3FrameData, []byte("no")),
+			quicvarint.Append(quicvarint.Append(nil, h3FrameHeaders), h3MaxHeadersLen+1), nil}, 0},
 		{"oversized HEADERS", [][]byte{quicvarint.Append(quicvarint.Append(nil, h3FrameHeaders), h3MaxHeadersLen+1)}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -551,5 +595,198 @@ func TestReconnect0RTTRejected(t *testing.T) {
 	}
 	if !strings.Contains(out, "the server refused 0-RTT; dialing again") {
 		t.Fatalf("the server never refused 0-RTT; logs:\n%s", out)
+	}
+}
+
+// TestClientStreamLimits: the server may open no bidirectional stream
+// towards the client (RFC 9114 §6.1; nothing there would accept it) and
+// only clientMaxIncomingUniStreams unidirectional ones, so streams that
+// never send their type cannot pile up goroutines in h3Control.
+func TestClientStreamLimits(t *testing.T) {
+	client, server := quicPair(t)
+	startH3Control(client, testLogger(t))
+	if _, err := server.OpenStream(); err == nil {
+		t.Fatal("the server opened a bidirectional stream towards the client")
+	}
+	for i := range clientMaxIncomingUniStreams {
+		str, err := server.OpenUniStream()
+		if err != nil {
+			t.Fatalf("unidirectional stream %d: %v", i, err)
+		}
+		str.Write(nil) // opened, no type
+	}
+	if _, err := server.OpenUniStream(); err == nil {
+		t.Fatalf("the server opened more than %d unidirectional streams that send no type", clientMaxIncomingUniStreams)
+	}
+}
+
+// TestH3ControlDatagramWithoutQUIC: SETTINGS_H3_DATAGRAM=1 from a server
+// whose QUIC transport parameters do not allow datagrams is
+// H3_SETTINGS_ERROR as soon as the SETTINGS arrive (RFC 9297 §2.1.1), and
+// waitSettings reports ErrNoDatagrams.
+func TestH3ControlDatagramWithoutQUIC(t *testing.T) {
+	conf := quicConfig(DefaultKeepAlive)
+	conf.EnableDatagrams = false
+	client, server := quicPairWith(t, conf)
+	ctrl := startH3Control(client, testLogger(t))
+	str, err := server.OpenUniStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	str.Write(append(quicvarint.Append(nil, h3StreamControl), h3Frame(h3FrameSettings, settingsPayload(h3SettingDatagram, 1, h3SettingExtendedConnect, 1))...))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := ctrl.waitSettings(ctx); !errors.Is(err, ErrNoDatagrams) {
+		t.Fatalf("waitSettings: %v, want ErrNoDatagrams", err)
+	}
+	select {
+	case <-client.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection stayed open")
+	}
+	var ae *quic.ApplicationError
+	if err := context.Cause(client.Context()); !errors.As(err, &ae) || ae.ErrorCode != quic.ApplicationErrorCode(http3.ErrCodeSettingsError) {
+		t.Fatalf("closed with %v, want H3_SETTINGS_ERROR", err)
+	}
+}
+
+// TestOpenFlowAfterGoaway: once the server has sent GOAWAY, openFlow opens
+// no request on that connection (RFC 9114 §5.2): it fails at once with a
+// flow error (a reset for the application).
+func TestOpenFlowAfterGoaway(t *testing.T) {
+	ctrl := &h3Control{goawayDone: make(chan struct{})}
+	close(ctrl.goawayDone)
+	s := &supervisor{c: &Client{}}
+	s.state.Store(&clientState{routes: routesFromPrefixes(DefaultRoutes)})
+	s.setCurrent(&link{ctrl: ctrl}) // no cc: opening a stream would panic
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := s.openFlow(ctx, netip.MustParseAddrPort("100.64.0.2:40000"), netip.MustParseAddrPort("192.0.2.1:80"))
+	var fe *flow.Error
+	if !errors.As(err, &fe) || fe.Kind != flow.Other || !errors.Is(err, errGoaway) {
+		t.Fatalf("openFlow: %v, want a flow.Error of kind Other wrapping errGoaway", err)
+	}
+}
+
+// TestConnectBoundedOnRefusal: a server that answers the CONNECT-IP
+// request with 503 and leaves the stream open cannot hold the attempt past
+// its context (the body is read under it).
+func TestConnectBoundedOnRefusal(t *testing.T) {
+	cert, pin := testCertPin(t)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http3.Server{
+		TLSConfig:       http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{cert}}),
+		QUICConfig:      quicConfig(DefaultKeepAlive),
+		EnableDatagrams: true,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte("busy"))
+			w.(http.Flusher).Flush()
+			<-r.Context().Done() // no FIN until the client goes
+		}),
+	}
+	go srv.Serve(pc)
+	t.Cleanup(func() { srv.Close(); pc.Close() })
+	c, err := NewClient(ClientConfig{
+		Server: pc.LocalAddr().String(), Token: testToken, Pin: &pin, Logger: testLogger(t),
+		ListenPacket: func(netip.Addr) (net.PacketConn, error) { return net.ListenPacket("udp", "127.0.0.1:0") },
+		NewDevice:    func(DeviceConfig) (datagram.Device, error) { return nil, errors.New("unused") },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		l, err := c.connect(ctx, nil)
+		if l != nil {
+			l.close("test")
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("connect succeeded")
+		}
+		t.Logf("connect: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("connect still running 9 s past its deadline")
+	}
+}
+
+// TestGoawayHandoff: a server that sends GOAWAY (quic-go's http3.Server
+// shutting down gracefully) keeps the CONNECT-IP session on the old
+// connection while the client dials a new one (served here by a second
+// http3.Server on the same listener); the client then moves the tunnel to
+// the new connection and closes the old one (make-before-break).
+func TestGoawayHandoff(t *testing.T) {
+	cert, pin := testCertPin(t)
+	ln, err := quic.ListenAddr("127.0.0.1:0", http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{cert}}), quicConfig(DefaultKeepAlive))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	sessions := make(chan ipSession, 4)
+	srv1 := stockCONNECTIPServer(t, cert, sessions)
+	served1 := make(chan struct{})
+	go func() { srv1.ServeListener(ln); close(served1) }()
+	t.Cleanup(func() { srv1.Close() })
+	dev := newRecordingDevice()
+	tc, err := startTestClient(t, &testServer{addr: ln.Addr().String(), pin: pin}, func(c *ClientConfig) {
+		c.NewDevice = func(DeviceConfig) (datagram.Device, error) { return dev, nil }
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s1 ipSession
+	select {
+	case s1 = <-sessions:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no session")
+	}
+
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	go srv1.Shutdown(shutdownCtx) // GOAWAY on s1's connection
+	select {
+	case <-served1:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first server kept accepting")
+	}
+	srv2 := stockCONNECTIPServer(t, cert, sessions)
+	go srv2.ServeListener(ln)
+	t.Cleanup(func() { srv2.Close() })
+
+	var s2 ipSession
+	select {
+	case s2 = <-sessions:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client did not open a new session after GOAWAY")
+	}
+	waitForCond(t, "the client to move to the new connection", 5*time.Second, func() bool { return tc.client.reconnects.Load() == 1 })
+	select {
+	case <-s1.conn.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the client kept the old connection open")
+	}
+	var ae *quic.ApplicationError
+	if err := context.Cause(s1.conn.Context()); !errors.As(err, &ae) || !ae.Remote || !strings.Contains(ae.ErrorMessage, "GOAWAY") {
+		t.Fatalf("old connection ended with %v, want the client's close after GOAWAY", err)
+	}
+	// The tunnel runs on the new connection.
+	me := netip.MustParseAddr("100.64.0.2")
+	pkt := buildUDP4(netip.MustParseAddr("192.0.2.9"), me, 53, 40000, []byte("after goaway"))
+	dev.wait(t, "after goaway", func() {
+		if err := s2.conn.SendDatagram(append(datagram.AppendPrefix(nil, s2.qsid, 0), pkt...)); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if sup := tc.client.sup.Load(); sup == nil || sup.cur.Load() == nil || sup.cur.Load().conn.Context().Err() != nil {
+		t.Fatal("no current link after the handoff")
 	}
 }

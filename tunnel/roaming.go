@@ -109,9 +109,24 @@ func lost(format string, args ...any) error { return &lostError{fmt.Sprintf(form
 func (s *supervisor) run(ctx context.Context, l *link) error {
 	c := s.c
 	for {
-		err := s.serve(ctx, l)
+		next, err := s.serve(ctx, l)
 		if rtt := l.conn.ConnectionStats().SmoothedRTT; rtt > 0 {
 			s.lastRTT = rtt
+		}
+		if next != nil {
+			// Make-before-break after the server's GOAWAY: the new
+			// link takes over, then the old one is closed.
+			old := l
+			l = next
+			c.reconnects.Add(1)
+			s.adopt(l)
+			s.setLink(l.dl)
+			s.setCurrent(l)
+			c.status.set(stateConnected)
+			old.close("moved to a new connection after GOAWAY")
+			cs := l.conn.ConnectionState()
+			c.log.Info("moved to a new connection after the server's GOAWAY", "resumed", cs.TLS.DidResume, "0rtt", cs.Used0RTT, "addresses", s.state.Load().addrs)
+			continue
 		}
 		var le *lostError
 		if !errors.As(err, &le) {
@@ -161,46 +176,120 @@ func (s *supervisor) adopt(l *link) {
 	s.noteDNS(l.dns)
 }
 
-// serve watches one link until it is lost (a *lostError), ctx ends (nil)
-// or the pump stops (its error).
-func (s *supervisor) serve(ctx context.Context, l *link) error {
+// handoff is the outcome of the reconnect serve starts after a GOAWAY.
+type handoff struct {
+	l   *link
+	err error
+}
+
+// serve watches one link until it is lost (a *lostError), ctx ends (nil),
+// the pump stops (its error), or a new link has replaced it after the
+// server's GOAWAY (next, for run to adopt and then close l).
+//
+// GOAWAY (RFC 9114 §5.2): the server will take no new requests on l's
+// connection, so flows cannot open there (openFlow); the CONNECT-IP
+// session still carries packets until the server ends it. serve clears
+// the current link (new flows wait for the next one) and reconnects in
+// the background (reconnect: backoff, the same addresses), while l keeps
+// carrying the tunnel: make-before-break. If l is lost before the new
+// link is up, the pump pauses and serve waits for that same reconnect. A
+// reconnect that fails for good (a permanent error) ends the client, as
+// it would after a loss.
+func (s *supervisor) serve(ctx context.Context, l *link) (next *link, err error) {
 	caps := make(chan error, 1)
 	go func() { caps <- s.watchCapsules(l) }()
 	tick := time.NewTicker(livenessInterval)
 	defer tick.Stop()
+	tickC := tick.C
 	var changes <-chan struct{}
 	if s.c.cfg.Monitor != nil {
 		changes = s.c.cfg.Monitor.Changes()
+	}
+	connDone := l.conn.Context().Done()
+	goaway := l.goingAway()
+	var handoffCh chan handoff // set once GOAWAY started a reconnect
+	hctx, cancelHandoff := context.WithCancel(ctx)
+	defer func() {
+		cancelHandoff()
+		if handoffCh != nil { // still running: close what it got
+			if h := <-handoffCh; h.l != nil {
+				h.l.close("not needed")
+			}
+		}
+	}()
+	oldGone := false // l was lost while the handoff runs
+	// loss returns err, or nil once a handoff is running (which is then
+	// the reconnect): the pump pauses and l's events are ignored.
+	loss := func(err error) error {
+		if handoffCh == nil {
+			return err
+		}
+		s.c.log.Warn("connection lost while moving to a new one after GOAWAY", "reason", err)
+		oldGone = true
+		s.pump.SetLink(nil)
+		s.c.status.set(stateReconnecting)
+		connDone, caps, tickC, changes = nil, nil, nil, nil
+		return nil
 	}
 	live := liveness{}
 	live.reset(time.Now(), l.conn.ConnectionStats(), s.c.stats.TxPackets.Load())
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return nil, nil
 		case err := <-s.pumpDone:
 			s.pumpDone <- err // for Run
 			if err == nil {
 				err = errors.New("the tunnel device was closed")
 			}
-			return err
-		case <-l.conn.Context().Done():
-			return lost("connection closed: %v", context.Cause(l.conn.Context()))
+			return nil, err
+		case <-goaway:
+			goaway = nil
+			s.c.log.Info("the server sent GOAWAY; moving the tunnel to a new connection")
+			s.setCurrent(nil) // new flows wait for the next link
+			handoffCh = make(chan handoff, 1)
+			want := s.state.Load().addrs
+			go func() {
+				nl, _, err := s.reconnect(hctx, want)
+				handoffCh <- handoff{nl, err}
+			}()
+		case h := <-handoffCh:
+			handoffCh = nil
+			if h.err != nil {
+				if ctx.Err() != nil {
+					return nil, nil
+				}
+				return nil, fmt.Errorf("moving to a new connection after GOAWAY: %w", h.err)
+			}
+			return h.l, nil
+		case <-connDone:
+			if err := loss(lost("connection closed: %v", context.Cause(l.conn.Context()))); err != nil {
+				return nil, err
+			}
 		case err := <-caps:
 			if errors.Is(err, io.EOF) {
-				return lost("server closed the tunnel")
+				err = lost("server closed the tunnel")
+			} else {
+				err = lost("tunnel stream failed: %v", err)
 			}
-			return lost("tunnel stream failed: %v", err)
+			if err := loss(err); err != nil {
+				return nil, err
+			}
 		case dl := <-s.linkErr:
-			if dl == l.dl {
-				return lost("datagram path failed")
+			if dl == l.dl && !oldGone {
+				if err := loss(lost("datagram path failed")); err != nil {
+					return nil, err
+				}
 			}
 		case <-changes:
 			if err := s.networkChanged(ctx, l); err != nil {
-				return err
+				if err := loss(err); err != nil {
+					return nil, err
+				}
+				continue
 			}
 			live.reset(time.Now(), l.conn.ConnectionStats(), s.c.stats.TxPackets.Load())
-		case now := <-tick.C:
+		case now := <-tickC:
 			if s.paused {
 				continue // no route: nothing can answer; the QUIC idle timeout bounds the wait
 			}
@@ -216,7 +305,10 @@ func (s *supervisor) serve(ctx context.Context, l *link) error {
 			}
 			// A fresh socket: the silence may be a NAT mapping that died.
 			if err := s.migrate(ctx, l, fmt.Sprintf("no answer from the server for %v", silent.Round(time.Millisecond)), to, true); err != nil {
-				return err
+				if err := loss(err); err != nil {
+					return nil, err
+				}
+				continue
 			}
 			live.reset(time.Now(), l.conn.ConnectionStats(), s.c.stats.TxPackets.Load())
 		}
