@@ -240,8 +240,24 @@ func (c *Conn) countLocked(key netip.AddrPort, d int) {
 // client frames from its first packet on the new path, before and after
 // quic-go validates the path and switches to it) and every rescanMax
 // anyway. A rescan costs one atomic load and compare per bound connection.
+//
+// The scan runs under the read lock, so that a flood of frames from an
+// unbound address (anyone can send them) does not hold off the senders'
+// lookups; the write lock is taken only when a connection has moved.
 func (c *Conn) rescan(now time.Time) {
 	c.scanAt = now
+	c.mu.RLock()
+	moved := false
+	for r, at := range c.binds {
+		if addrKey(r.RemoteAddr()) != at {
+			moved = true
+			break
+		}
+	}
+	c.mu.RUnlock()
+	if !moved {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for r := range c.binds {
