@@ -104,6 +104,16 @@ func (e *lostError) Error() string { return e.reason }
 
 func lost(format string, args ...any) error { return &lostError{fmt.Sprintf(format, args...)} }
 
+// takeOver makes l, a link from a reconnect, the one the tunnel uses,
+// and counts the reconnect.
+func (s *supervisor) takeOver(l *link) {
+	s.c.reconnects.Add(1)
+	s.adopt(l)
+	s.setLink(l.dl)
+	s.setCurrent(l)
+	s.c.status.set(stateConnected)
+}
+
 // run serves links until ctx ends (nil), the pump stops, or a reconnect
 // is refused for good.
 func (s *supervisor) run(ctx context.Context, l *link) error {
@@ -118,11 +128,7 @@ func (s *supervisor) run(ctx context.Context, l *link) error {
 			// link takes over, then the old one is closed.
 			old := l
 			l = next
-			c.reconnects.Add(1)
-			s.adopt(l)
-			s.setLink(l.dl)
-			s.setCurrent(l)
-			c.status.set(stateConnected)
+			s.takeOver(l)
 			old.close("moved to a new connection after GOAWAY")
 			cs := l.conn.ConnectionState()
 			c.log.Info("moved to a new connection after the server's GOAWAY", "resumed", cs.TLS.DidResume, "0rtt", cs.Used0RTT, "addresses", s.state.Load().addrs)
@@ -147,11 +153,7 @@ func (s *supervisor) run(ctx context.Context, l *link) error {
 			return fmt.Errorf("reconnecting: %w", err)
 		}
 		l = nl
-		c.reconnects.Add(1)
-		s.adopt(l)
-		s.setLink(l.dl)
-		s.setCurrent(l)
-		c.status.set(stateConnected)
+		s.takeOver(l)
 		cs := l.conn.ConnectionState()
 		c.log.Info("reconnected", "reason", le.reason, "took", time.Since(lostAt).Round(time.Millisecond),
 			"attempts", attempts, "resumed", cs.TLS.DidResume, "0rtt", cs.Used0RTT, "addresses", s.state.Load().addrs)
