@@ -27,7 +27,8 @@
 #   FEC=auto cmd/bench/bench.sh        # roam client --fec auto (or off, or K:M like 16:4)
 #   KEEP=/tmp/collapse cmd/bench/bench.sh  # keep each roam round's logs, iperf3 JSON and
 #                                      # `roam status --json` of both ends after each iperf3 run
-#                                      # in KEEP/<round>-<tunnel>/ (the run dir is overwritten per round)
+#                                      # in KEEP/<round>-<tunnel>/ (the run dir is overwritten per round);
+#                                      # KEEP_QLOG=1 adds both ends' congestion-control qlog (ROAM_QLOG_CC)
 #
 # Results: /tmp/netbench/results/roam-bench.txt (and per-run logs).
 set -euo pipefail
@@ -116,6 +117,8 @@ measured_iperf() {
 roam_round() { # packet|flow [gvisor|system|system-rewrite]
   local cmode=$1 cstack=${2:-gvisor} kd; kd=$(keepdir)
   [[ -n $kd ]] && { rm -rf "$kd"; mkdir -p "$kd"; }
+  # KEEP_QLOG=1: both ends write a reduced qlog (tunnel.QlogCCEnv) into the KEEP folder.
+  [[ -n $kd && -n ${KEEP_QLOG:-} ]] && export ROAM_QLOG_CC="$kd/qlog"
   "$TOPO" down >/dev/null 2>&1 || true
   "$TOPO" up >/dev/null 2>&1
   rm -rf "$W/state"; mkdir -p "$W/state"
