@@ -86,5 +86,6 @@ func quicConfig(keepAlive time.Duration) *quic.Config {
 		MaxStreamReceiveWindow:         16 << 20,
 		InitialConnectionReceiveWindow: 2 << 20,
 		MaxConnectionReceiveWindow:     32 << 20,
+		Tracer:                         qlogCCTracer(),
 	}
 }

@@ -511,13 +511,13 @@ func TestStatus(t *testing.T) {
 	s := st.Sessions[0]
 	want4 := tc.info.Addresses[0].Addr()
 	if s.Kind != "connect-ip" || s.User != "dora" || s.Owner != auth.TokenID(testToken) || !slices.Contains(s.Addrs, want4) ||
-		s.Remote == "" || s.Since.IsZero() || s.RTT <= 0 || s.TxPackets == 0 || s.RxPackets == 0 || s.RxBytes == 0 || s.RxDatagrams < s.RxPackets {
+		s.Remote == "" || s.Since.IsZero() || s.RTT <= 0 || s.CWND == 0 || s.TxPackets == 0 || s.RxPackets == 0 || s.RxBytes == 0 || s.RxDatagrams < s.RxPackets {
 		t.Fatalf("session status %+v", s)
 	}
 	cst := tc.client.Status()
 	if cst.State != stateConnected || cst.Since.IsZero() || cst.Server != ts.addr || !slices.Contains(cst.Addrs, tc.info.Addresses[0]) ||
 		len(cst.Routes) == 0 || len(cst.Paths) != 1 || cst.Paths[0].Remote != ts.addr || !cst.Paths[0].Active ||
-		cst.RTT <= 0 || cst.TxPackets == 0 || cst.RxPackets == 0 || cst.RxDatagrams < cst.RxPackets {
+		cst.RTT <= 0 || cst.CWND == 0 || cst.TxPackets == 0 || cst.RxPackets == 0 || cst.RxDatagrams < cst.RxPackets {
 		t.Fatalf("client status %+v", cst)
 	}
 	// Safe to call concurrently with everything.

@@ -82,6 +82,11 @@ type SessionStatus struct {
 	Since time.Time `json:"since"`
 	// RTT is the QUIC connection's smoothed RTT.
 	RTT time.Duration `json:"rtt_ns"`
+	// CWND is the server's QUIC congestion window toward the client, in
+	// bytes, and QUICLost the packets quic-go declared lost on the
+	// connection.
+	CWND     uint64 `json:"cwnd"`
+	QUICLost uint64 `json:"quic_lost"`
 	// TxPackets/TxBytes are packets sent to the client, RxPackets/RxBytes
 	// packets received from it (IP packet bytes; datagrams only).
 	TxPackets uint64 `json:"tx_packets"`
@@ -117,6 +122,12 @@ type ClientStatus struct {
 	Paths []PathStatus `json:"paths,omitempty"`
 	// RTT is the current connection's smoothed RTT.
 	RTT time.Duration `json:"rtt_ns"`
+	// CWND is the client's QUIC congestion window toward the server, in
+	// bytes, and QUICLost the packets quic-go declared lost on the current
+	// connection. A window that stays small while a bulk transfer runs is
+	// quic-go's sender in congestion avoidance (docs/bench.md).
+	CWND     uint64 `json:"cwnd"`
+	QUICLost uint64 `json:"quic_lost"`
 	// Migrations and Reconnects count completed path switches and
 	// re-dials since the client started.
 	Migrations uint64 `json:"migrations"`
@@ -164,6 +175,7 @@ func (s *Server) Status() ServerStatus {
 	s.mu.Unlock()
 	for _, sess := range sessions {
 		as := sess.addrs.Load()
+		qs := sess.cs.conn.ConnectionStats()
 		st.Sessions = append(st.Sessions, SessionStatus{
 			Kind:        "connect-ip",
 			Owner:       sess.owner,
@@ -171,7 +183,9 @@ func (s *Server) Status() ServerStatus {
 			Remote:      sess.cs.conn.RemoteAddr().String(),
 			Addrs:       []netip.Addr{as.v4, as.v6},
 			Since:       sess.since,
-			RTT:         sess.cs.conn.ConnectionStats().SmoothedRTT,
+			RTT:         qs.SmoothedRTT,
+			CWND:        qs.CongestionWindow,
+			QUICLost:    qs.PacketsLost,
 			TxPackets:   sess.txPackets.Load(),
 			TxBytes:     sess.txBytes.Load(),
 			RxPackets:   sess.rxPackets.Load(),
@@ -243,7 +257,8 @@ func (c *Client) Status() ClientStatus {
 	if sup := c.sup.Load(); sup != nil {
 		if l := sup.cur.Load(); l != nil {
 			st.Paths = []PathStatus{{Local: l.conn.LocalAddr().String(), Remote: l.conn.RemoteAddr().String(), Active: true}}
-			st.RTT = l.conn.ConnectionStats().SmoothedRTT
+			qs := l.conn.ConnectionStats()
+			st.RTT, st.CWND, st.QUICLost = qs.SmoothedRTT, qs.CongestionWindow, qs.PacketsLost
 		}
 	}
 	st.Migrations = c.migrations.Load()

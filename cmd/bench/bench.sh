@@ -25,6 +25,10 @@
 #   RELAY=delay=25ms,loss=1 cmd/bench/bench.sh  # through ../shared/bench's lossy UDP relay
 #                                      # (one-way delay and loss per direction), all systems
 #   FEC=auto cmd/bench/bench.sh        # roam client --fec auto (or off, or K:M like 16:4)
+#   KEEP=/tmp/collapse cmd/bench/bench.sh  # keep each roam round's logs, iperf3 JSON and
+#                                      # `roam status --json` of both ends after each iperf3 run
+#                                      # in KEEP/<round>-<tunnel>/ (the run dir is overwritten per round);
+#                                      # KEEP_QLOG=1 adds both ends' congestion-control qlog (ROAM_QLOG_CC)
 #
 # Results: /tmp/netbench/results/roam-bench.txt (and per-run logs).
 set -euo pipefail
@@ -33,7 +37,7 @@ REPO="$(cd "$HERE/../.." && pwd)"
 BENCH_DIR=${BENCH_DIR:-$(cd "$REPO/../shared/bench" 2>/dev/null && pwd || true)}
 [[ -x $BENCH_DIR/topo.sh ]] || { echo "bench.sh: set BENCH_DIR to the folder with topo.sh (../shared/bench)" >&2; exit 2; }
 [[ $EUID -eq 0 ]] || { echo "bench.sh: run as root" >&2; exit 2; }
-ROUNDS=${ROUNDS:-3} DUR=${DUR:-8} ONLY=${ONLY:-roam roam-flow wg} MODE=${MODE:-route} RELAY=${RELAY:-} FEC=${FEC:-}
+ROUNDS=${ROUNDS:-3} DUR=${DUR:-8} ONLY=${ONLY:-roam roam-flow wg} MODE=${MODE:-route} RELAY=${RELAY:-} FEC=${FEC:-} KEEP=${KEEP:-}
 RELAY_PORT=61820
 export NB_BIN=${NB_BIN:-/tmp/netbench/bin} NB_RUN=${NB_RUN:-/tmp/netbench/run}
 TOPO="$BENCH_DIR/topo.sh" BIN=$NB_BIN RUN=$NB_RUN
@@ -55,9 +59,17 @@ CLK=$(getconf CLK_TCK)
 cleanup() { "$TOPO" down >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
+# keepdir: this round's KEEP folder (empty without KEEP); r and who are the round loop's.
+keepdir() { [[ -n $KEEP ]] && echo "$KEEP/${r:-0}-${who:-roam}"; }
+
 iperf() { # args... -> Mbit/s
-  local j="$W/iperf.json"
-  xc iperf3 -c $INET -t "$DUR" -O 1 "$@" -J >"$j" 2>/dev/null || { echo NA; return; }
+  local j="$W/iperf.json" kd; kd=$(keepdir)
+  xc iperf3 -c $INET -t "$DUR" -O 1 "$@" -J >"$j" 2>/dev/null || { [[ -n $kd ]] && cp "$j" "$kd/iperf${1:-}.json"; echo NA; return; }
+  if [[ -n $kd ]]; then
+    cp "$j" "$kd/iperf${1:-}.json"
+    "$BIN/roam" status --socket "$W/state/client.sock" --json >"$kd/status-client${1:-}.json" 2>&1 || true
+    "$BIN/roam" status --socket "$W/state/server.sock" --json >"$kd/status-server${1:-}.json" 2>&1 || true
+  fi
   jq -r '(.end.sum_received.bits_per_second // 0) / 1e6 | floor' "$j"
 }
 
@@ -103,7 +115,10 @@ measured_iperf() {
 }
 
 roam_round() { # packet|flow [gvisor|system|system-rewrite]
-  local cmode=$1 cstack=${2:-gvisor}
+  local cmode=$1 cstack=${2:-gvisor} kd; kd=$(keepdir)
+  [[ -n $kd ]] && { rm -rf "$kd"; mkdir -p "$kd"; }
+  # KEEP_QLOG=1: both ends write a reduced qlog (tunnel.QlogCCEnv) into the KEEP folder.
+  [[ -n $kd && -n ${KEEP_QLOG:-} ]] && export ROAM_QLOG_CC="$kd/qlog"
   "$TOPO" down >/dev/null 2>&1 || true
   "$TOPO" up >/dev/null 2>&1
   rm -rf "$W/state"; mkdir -p "$W/state"
@@ -142,6 +157,11 @@ roam_round() { # packet|flow [gvisor|system|system-rewrite]
   echo "roam tcp1=$tcp1 rev=$rev rtt=$rtt icmp=$icmp cpu=$cpu cpurev=$cpurev${drop1:+ drop1=$drop1 drop1pct=$drop1pct droprev=$droprev droprevpct=$droprevpct}"
   kill -TERM "$(cat "$RUN/roam-client.pid")" "$(cat "$RUN/roam-server.pid")" $relay_pid 2>/dev/null || true
   sleep 0.5
+  if [[ -n $kd ]]; then
+    sleep 0.5 # the final counters lines
+    cp "$RUN"/roam-{client,server,relay}.log "$kd/" 2>/dev/null || true
+    echo "roam tcp1=$tcp1 rev=$rev" >"$kd/result"
+  fi
   "$TOPO" down >/dev/null 2>&1 || true
 }
 
