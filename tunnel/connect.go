@@ -174,10 +174,10 @@ func (l *link) close(reason string) {
 // session: request, ADDRESS_REQUEST (want, or "any address" of each family
 // when want is nil), and waits for the answering ADDRESS_ASSIGN and a
 // ROUTE_ADVERTISEMENT. With a session ticket from an earlier connection it
-// resumes with 0-RTT: the client's HTTP/3 control stream rides in 0-RTT,
-// the request leaves with the server's SETTINGS, one round trip in (see
-// request); if the server refuses the 0-RTT data (it has other keys now)
-// it dials again.
+// resumes (0-RTT offered, but no stream opened before the handshake
+// completes), and the request leaves with the server's SETTINGS, one
+// round trip in (see request); if the server refuses the 0-RTT (it has
+// other keys now) it dials again.
 func (c *Client) connect(ctx context.Context, want []netip.Prefix) (*link, error) {
 	l, err := c.connectOnce(ctx, want)
 	if errors.Is(err, quic.Err0RTTRejected) {
@@ -251,18 +251,32 @@ func addressRequest(want []netip.Prefix) capsule.AddressRequest {
 // stream, sends the request and the ADDRESS_REQUEST, and reads and checks
 // the response.
 //
-// 0-RTT: of the client's HTTP/3 data only its control stream (with its
-// SETTINGS) can ride in 0-RTT. An Extended CONNECT must wait for the
-// server's SETTINGS (RFC 8441 §3), which come in 1-RTT packets, so the
-// request always leaves once the handshake is done, one round trip in. If
-// the server refused the 0-RTT data, the accept loop of the server's
-// streams ends with quic.Err0RTTRejected before any SETTINGS can arrive,
-// and waitSettings returns it (connect then dials again).
+// 0-RTT: the client opens no stream, not even its HTTP/3 control stream,
+// before the handshake has completed. quic-go (v0.66) applies the
+// server's transport parameters on its own goroutine at handshake
+// completion while a stream opened in 0-RTT reads them unsynchronised (a
+// data race the race detector reports; quic-go issue #4303). It costs no
+// round trip: an Extended CONNECT must wait for the server's SETTINGS
+// (RFC 8441 §3), which come in 1-RTT packets that the client can read
+// only once the handshake is complete, so the control stream now leaves
+// with the request, one round trip in, as the request always did. If
+// the server refused the 0-RTT, the accept loop of the server's streams
+// ends with quic.Err0RTTRejected before any SETTINGS can arrive, and
+// waitSettings returns it (connect then dials again).
 //
 // Every step that can block is bounded by ctx: writes that wait for
 // stream flow control are reset (RESET_STREAM) and reads cancelled
 // (STOP_SENDING) when ctx ends.
 func (c *Client) request(ctx context.Context, l *link, want []netip.Prefix) error {
+	select {
+	case <-l.conn.HandshakeComplete():
+	case <-l.conn.Context().Done():
+		// The handshake failed after DialEarly returned (a resumed
+		// session's pin check, for one): say so, permanent if so.
+		return classifyDialError(c.cfg.Server, context.Cause(l.conn.Context()))
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the QUIC handshake: %w", context.Cause(ctx))
+	}
 	// http3 sends the client's SETTINGS (with H3_DATAGRAM) and carries
 	// the flow streams; the server's streams, and with them its SETTINGS,
 	// are the client's own (h3client.go), so that http3 does not take the

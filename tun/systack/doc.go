@@ -218,9 +218,9 @@
 // closes the listeners, cancels every Connect in progress and aborts every
 // flow (the upstream stream is reset, the accepted connection closed with
 // a RST); in redirect mode it deletes the table; in rewrite mode it waits
-// (if flows were open; until Read has rewritten their RSTs, at most
-// a second) so that a Read in progress rewrites those RSTs toward the
-// applications; then it closes the device and
+// until a Read in progress has written the RST of each flow it aborted
+// toward that flow's application (it waits on each flow, not on a count;
+// at most a second, closeDrain); then it closes the device and
 // makes blocked and later Reads and Writes return os.ErrClosed. In
 // rewrite mode, if no Read runs then (the pump stopped first), the
 // applications' connections are not reset and time out once the TUN is

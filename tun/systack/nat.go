@@ -42,10 +42,11 @@ const minNATPort = 1024
 
 // Entry states (natEntry.state bits).
 const (
-	stAnswered = 1 << iota // the listener has sent a packet (its SYN-ACK)
-	stAppFIN               // the application has sent a FIN
-	stLnFIN                // the listener has sent a FIN
-	stRST                  // a RST passed
+	stAnswered     = 1 << iota // the listener has sent a packet (its SYN-ACK)
+	stAppFIN                   // the application has sent a FIN
+	stLnFIN                    // the listener has sent a FIN
+	stRST                      // a RST passed
+	stResetWritten             // Read has written a RST of the listener's toward the application (set after the write)
 )
 
 type natEntry struct {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -28,9 +29,11 @@ const (
 )
 
 // closeDrain bounds how long Close lets Read rewrite the RSTs of the
-// flows it aborted, before it closes the device (a Read that is not
-// being called, or a busy host: 250 ms was seen to fall short under the
-// race detector).
+// flows it aborted, before it closes the device. Close stops waiting as
+// soon as each of those flows has had its RST written toward the
+// application (see Stack.aborted), so the bound only matters when no Read
+// runs (the pump stopped first) or the host is very busy: 250 ms was seen
+// to fall short under the race detector.
 const closeDrain = time.Second
 
 type counters struct {
@@ -40,8 +43,7 @@ type counters struct {
 	up, down                                           atomic.Uint64
 	toLn, toApp, passed, frag, noEntry, full           atomic.Uint64
 	dropSmall, writeErr                                atomic.Uint64
-	rstToApp                                           atomic.Uint64 // listener RSTs written toward the applications
-	warned                                             atomic.Bool   // the unanswered-SYN warning was logged
+	warned                                             atomic.Bool // the unanswered-SYN warning was logged
 }
 
 // Stack is the system TCP stack; it implements datagram.Device. Create it
@@ -61,6 +63,7 @@ type Stack struct {
 	rbufs  [][]byte
 	rsizes []int
 	wb     [][]byte
+	rstd   []*natEntry // the entries of this batch's RSTs toward the applications
 	pkt    datagram.Packet
 
 	devMu sync.Mutex // serializes dev.Write between Write and Read's write-back
@@ -74,8 +77,13 @@ type Stack struct {
 	closeOnce sync.Once
 	closeErr  error
 	mu        sync.Mutex
-	closing   bool           // guarded by mu
-	wg        sync.WaitGroup // the accept loop and the flows; Add only under mu with !closing
+	closing   bool // guarded by mu
+	// aborted holds, in rewrite mode, the NAT ports of the accepted
+	// connections that ended (were reset) after Close began: Close waits
+	// for Read to write each one's RST toward its application. Guarded
+	// by mu.
+	aborted []uint16
+	wg      sync.WaitGroup // the accept loop and the flows; Add only under mu with !closing
 }
 
 var _ datagram.Device = (*Stack)(nil)
@@ -301,7 +309,7 @@ func (s *Stack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 func (s *Stack) process(bufs [][]byte, sizes []int, offset, n int) int {
 	wb := s.wb[:0]
 	var tp tcpPacket
-	var toLn, toApp, passed, frag, noEntry, full, rsts uint64
+	var toLn, toApp, passed, frag, noEntry, full uint64
 	locked := false
 	var now int64
 	k := 0
@@ -330,8 +338,8 @@ func (s *Stack) process(bufs [][]byte, sizes []int, offset, n int) int {
 					rewrite(&tp, e.t.dp, e.t.ap)
 					wb = append(wb, s.rbufs[i][:headroom+len(tp.ip)])
 					toApp++
-					if tp.flags&flagRST != 0 {
-						rsts++
+					if tp.flags&flagRST != 0 && e.state&stResetWritten == 0 {
+						s.rstd = append(s.rstd, e)
 					}
 				} else {
 					noEntry++
@@ -370,8 +378,15 @@ func (s *Stack) process(bufs [][]byte, sizes []int, offset, n int) int {
 		}
 		clear(wb) // drop the references until the next batch
 	}
-	if rsts != 0 {
-		s.cnt.rstToApp.Add(rsts) // after the write: Close waits for it
+	if len(s.rstd) > 0 {
+		// After the write: Close waits for these marks (waitResets).
+		s.nat.mu.Lock()
+		for _, e := range s.rstd {
+			e.state |= stResetWritten
+		}
+		s.nat.mu.Unlock()
+		clear(s.rstd)
+		s.rstd = s.rstd[:0]
 	}
 	if !s.cnt.warned.Load() && s.nat.unanswered.Load() > 0 {
 		s.cnt.warned.Store(true)
@@ -459,12 +474,10 @@ func (s *Stack) Close() error {
 		s.mu.Lock()
 		s.closing = true
 		s.mu.Unlock()
-		r0 := s.cnt.rstToApp.Load()
 		s.cancel()
 		for _, ln := range s.lns {
 			ln.Close()
 		}
-		flows := s.cnt.active.Load() + s.cnt.pending.Load()
 		s.wg.Wait()
 		var tableErr error
 		if s.redir != nil {
@@ -472,10 +485,10 @@ func (s *Stack) Close() error {
 		}
 		// Rewrite mode: every flow's connection was reset; the RSTs are in
 		// the TUN's queue. Let the Read in progress rewrite them toward
-		// the applications (one each) before the device goes. (Redirect
-		// mode's go over loopback.)
-		for start := time.Now(); s.mode == ModeRewrite && s.cnt.rstToApp.Load() < r0+uint64(max(flows, 0)) && time.Since(start) < closeDrain; {
-			time.Sleep(time.Millisecond)
+		// the applications before the device goes. (Redirect mode's go
+		// over loopback.)
+		if s.mode == ModeRewrite {
+			s.waitResets(closeDrain)
 		}
 		s.closed.Store(true)
 		devErr := s.dev.Close()
@@ -489,6 +502,48 @@ func (s *Stack) Close() error {
 		s.log.Info("system stack stopped", "mode", s.mode.String(), "flows_opened", s.cnt.opened.Load())
 	})
 	return s.closeErr
+}
+
+// waitResets waits, at most d, until Read has written toward its
+// application the RST of every connection in s.aborted, or that
+// connection's NAT entry is gone (a RST then has nowhere to go). It
+// waits on each flow rather than on a count: a flow that ends on its own
+// just as Close begins, or a second RST of one flow, must not let Close
+// go before another flow's RST is through.
+func (s *Stack) waitResets(d time.Duration) {
+	s.mu.Lock()
+	ports := slices.Clone(s.aborted)
+	s.mu.Unlock()
+	for start := time.Now(); ; time.Sleep(time.Millisecond) {
+		s.nat.mu.Lock()
+		ports = slices.DeleteFunc(ports, func(p uint16) bool {
+			e := s.nat.byPort[p]
+			return e == nil || e.state&stResetWritten != 0
+		})
+		s.nat.mu.Unlock()
+		if len(ports) == 0 {
+			return
+		}
+		if time.Since(start) >= d {
+			s.log.Warn("system stack: Close did not see every aborted connection's reset reach its application (is Read still being called?)", "waited", d, "left", len(ports))
+			return
+		}
+	}
+}
+
+// noteReset records, in rewrite mode, that c (an accepted connection)
+// was reset after Close began: Close waits for its RST (waitResets).
+func (s *Stack) noteReset(c *net.TCPConn) {
+	if s.mode != ModeRewrite || s.ctx.Err() == nil {
+		return
+	}
+	a, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	s.aborted = append(s.aborted, uint16(a.Port))
+	s.mu.Unlock()
 }
 
 // enter registers a flow goroutine; it fails once Close has started.
@@ -521,6 +576,7 @@ func (s *Stack) acceptLoop(ln *net.TCPListener) {
 			case <-s.ctx.Done():
 				s.releaseFlow()
 				reset(c)
+				s.noteReset(c)
 				return
 			}
 		}
@@ -540,6 +596,7 @@ func (s *Stack) acceptLoop(ln *net.TCPListener) {
 			<-s.sem
 			s.releaseFlow()
 			reset(c)
+			s.noteReset(c)
 			return
 		}
 		go s.serve(c)
@@ -572,6 +629,7 @@ func (s *Stack) releaseFlow() {
 // them; it holds a Connect slot until Connect returns.
 func (s *Stack) serve(c *net.TCPConn) {
 	defer s.wg.Done()
+	defer s.noteReset(c)  // Close aborted it (a RST), or it failed meanwhile
 	defer s.releaseFlow() // after the connection is reset or spliced to its end
 	holding := true
 	release := func() {
