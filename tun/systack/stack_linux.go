@@ -198,9 +198,9 @@ func (s *Stack) startAccepting() {
 	}
 }
 
-// stopAccepting closes the listeners and waits for the accept loops and
-// the flows they started (New's failure path: none yet, or reset).
-func (s *Stack) stopAccepting() {
+// shutdownFlows closes the listeners, cancels every Connect and aborts
+// every flow, and waits for the accept loops and the flows to end.
+func (s *Stack) shutdownFlows() {
 	s.mu.Lock()
 	s.closing = true
 	s.mu.Unlock()
@@ -209,6 +209,12 @@ func (s *Stack) stopAccepting() {
 		ln.Close()
 	}
 	s.wg.Wait()
+}
+
+// stopAccepting closes the listeners and waits for the accept loops and
+// the flows they started (New's failure path: none yet, or reset).
+func (s *Stack) stopAccepting() {
+	s.shutdownFlows()
 	s.mu.Lock()
 	s.closing = false
 	s.mu.Unlock()
@@ -471,14 +477,7 @@ func (s *Stack) Stats() Stats {
 // deleting the table, joined (both are also logged).
 func (s *Stack) Close() error {
 	s.closeOnce.Do(func() {
-		s.mu.Lock()
-		s.closing = true
-		s.mu.Unlock()
-		s.cancel()
-		for _, ln := range s.lns {
-			ln.Close()
-		}
-		s.wg.Wait()
+		s.shutdownFlows()
 		var tableErr error
 		if s.redir != nil {
 			tableErr = s.redir.delete()
